@@ -1,0 +1,3 @@
+"""lpasrn: license-plate super-resolution trainer (LP-ASRN)."""
+
+__version__ = "0.1.0"
