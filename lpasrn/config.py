@@ -1,0 +1,273 @@
+"""Typed configuration: YAML into validated dataclasses.
+
+An unknown or misspelt key, a wrong type or an out-of-range value is an LpasrnError naming the key
+and the file (with the nearest known key as a suggestion). `--set a.b=value` overrides are applied
+to the raw YAML before validation, so they go through exactly the same checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lpasrn.errors import LpasrnError
+
+
+def _range(lo=None, hi=None, choices=None):
+    """Field metadata read by the validator: inclusive bounds or allowed values."""
+    return {"lo": lo, "hi": hi, "choices": choices}
+
+
+LOSS_COMPONENTS = ("ctc", "l1", "lcofl", "ctc_hr", "embedding")
+
+
+@dataclass
+class DataConfig:
+    dir: str = "shards/synthetic"
+    batch_size: int = field(default=32, metadata=_range(1))
+    num_workers: int = field(default=2, metadata=_range(0))
+    # Used only when `dir` has no manifest and the dataset is the built-in synthetic one.
+    synth_train: int = field(default=4000, metadata=_range(1))
+    synth_val: int = field(default=400, metadata=_range(1))
+    synth_test: int = field(default=400, metadata=_range(1))
+    synth_seed: int = 0
+    synth_degradation: str = field(default="paper", metadata=_range(choices=("paper", "realistic")))
+    val_limit: int = field(default=0, metadata=_range(0))  # 0 = whole validation split
+
+
+@dataclass
+class ModelConfig:
+    generator_preset: str = field(default="paper", metadata=_range(choices=("paper", "small", "tiny")))
+    ocr_preset: str = field(default="paper", metadata=_range(choices=("paper", "small", "tiny")))
+    num_channels: int | None = None  # overrides of the generator preset
+    num_blocks: int | None = None
+    use_dcnv4: bool = True
+    use_character_attention: bool = True
+    msca_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    use_lightweight_embedder: bool = False
+
+
+@dataclass
+class LossConfig:
+    lambda_l1: float = field(default=1.0, metadata=_range(0.0))
+    lambda_cls: float = field(default=1.0, metadata=_range(0.0))
+    lambda_layout: float = field(default=1.0, metadata=_range(0.0))
+    lambda_ssim: float = field(default=1.0, metadata=_range(0.0))
+    lambda_lcofl: float = field(default=1.0, metadata=_range(0.0))
+    lambda_ctc_hr: float = field(default=1.0, metadata=_range(0.0))
+    ssim_window: int = field(default=5, metadata=_range(3))
+    digit_on_letter: float = field(default=0.4, metadata=_range(0.0))
+    letter_on_digit: float = field(default=0.5, metadata=_range(0.0))
+    confusion_threshold: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    class_weight_step: float = field(default=0.5, metadata=_range(0.0))
+    lambda_embed: float = field(default=0.3, metadata=_range(0.0))
+    embed_warmup_epochs: int = field(default=5, metadata=_range(0))
+    embedding_dim: int = field(default=128, metadata=_range(1))
+    embed_margin: float = field(default=2.0, metadata=_range(0.0))
+
+
+@dataclass
+class HardMiningConfig:
+    difficulty_alpha: float = field(default=2.0, metadata=_range(0.0))
+    reweight_interval: int = field(default=1, metadata=_range(1))
+    ema_momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    score_before_stage: bool = True
+
+
+@dataclass
+class StageConfig:
+    epochs: int = field(default=1, metadata=_range(1))
+    lr: float = field(default=1e-4, metadata=_range(0.0))
+    loss_components: list[str] = field(default_factory=lambda: ["l1"])
+    freeze_ocr: bool = True
+    update_confusion: bool = False
+    hard_mining: HardMiningConfig = field(default_factory=HardMiningConfig)
+
+
+def _stage(epochs, lr, components, freeze_ocr=True, update_confusion=False):
+    return field(default_factory=lambda: StageConfig(epochs, lr, list(components), freeze_ocr, update_confusion))
+
+
+@dataclass
+class StagesConfig:
+    """Paper defaults (DESIGN.md section 5); configs override per stage."""
+
+    pretrain: StageConfig = _stage(50, 1e-3, ["ctc"], freeze_ocr=False)
+    warmup: StageConfig = _stage(30, 1e-4, ["l1"])
+    lcofl: StageConfig = _stage(300, 1e-4, ["l1", "lcofl"], update_confusion=True)
+    finetune: StageConfig = _stage(150, 1e-5, ["l1", "lcofl", "ctc_hr"], freeze_ocr=False, update_confusion=True)
+    hard_mining: StageConfig = _stage(50, 5e-6, ["l1", "lcofl", "embedding"], update_confusion=True)
+
+
+@dataclass
+class TrainConfig:
+    grad_clip: float = field(default=1.0, metadata=_range(0.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    max_nonfinite_steps: int = field(default=20, metadata=_range(1))
+    log_every: int = field(default=20, metadata=_range(1))
+    image_every: int = field(default=500, metadata=_range(1))
+    keep_checkpoints: int = field(default=2, metadata=_range(1))
+    checkpoint_every_epochs: int = field(default=1, metadata=_range(1))
+    preempt_poll_every: int = field(default=10, metadata=_range(1))
+    mixed_precision: str = field(default="auto", metadata=_range(choices=("auto", "no", "bf16", "fp16")))
+    max_steps_per_epoch: int = field(default=0, metadata=_range(0))  # 0 = whole split
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: bool = True
+    wandb: str = field(default="auto", metadata=_range(choices=("auto", "online", "offline", "off")))
+    wandb_project: str = "lpasrn"
+    num_image_samples: int = field(default=8, metadata=_range(1))
+
+
+@dataclass
+class Config:
+    experiment: str = "lpasrn"
+    seed: int = 0
+    run_dir: str = "runs/lpasrn"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fail(source: str, key: str, message: str) -> typing.NoReturn:
+    raise LpasrnError(f"{source}: key '{key}': {message}")
+
+
+def _check_scalar(value, hint, key: str, source: str):
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(source, key, f"expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(source, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _convert(value, hint, key: str, source: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            _fail(source, key, f"expected a mapping, got {value!r}")
+        return _build(hint, value, key + ".", source)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _convert(value, args[0], key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(source, key, f"expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return _check_scalar(value, hint, key, source)
+
+
+def _check_range(value, meta: dict, key: str, source: str) -> None:
+    if value is None or not meta:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        _fail(source, key, f"{value!r} is not one of {list(meta['choices'])}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        _fail(source, key, f"{value!r} is below the minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        _fail(source, key, f"{value!r} is above the maximum {meta['hi']}")
+
+
+def _build(cls, raw: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            near = difflib.get_close_matches(str(name), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; known keys: {', '.join(fields)}"
+            _fail(source, prefix + str(name), "unknown key" + hint)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], prefix + name, source)
+            _check_range(kwargs[name], dict(f.metadata), prefix + name, source)
+    obj = cls(**kwargs)
+    _check_semantics(obj, prefix, source)
+    return obj
+
+
+def _check_semantics(obj, prefix: str, source: str) -> None:
+    if isinstance(obj, StageConfig):
+        for comp in obj.loss_components:
+            if comp not in LOSS_COMPONENTS:
+                near = difflib.get_close_matches(comp, LOSS_COMPONENTS, n=1)
+                extra = f"; did you mean '{near[0]}'?" if near else ""
+                _fail(source, prefix + "loss_components", f"unknown loss component {comp!r}{extra}")
+    if isinstance(obj, ModelConfig):
+        if not obj.msca_scales or any(not 0 < s <= 1 for s in obj.msca_scales):
+            _fail(source, prefix + "msca_scales", f"scales must be in (0, 1], got {obj.msca_scales}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML, so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise LpasrnError(f"--set {text!r}: expected KEY=VALUE, e.g. --set stages.lcofl.epochs=5")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def _apply_override(raw: dict, path: list[str], value) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise LpasrnError(f"--set {'.'.join(path)}: '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply --set overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise LpasrnError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise LpasrnError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise LpasrnError(f"{path}: the top level must be a mapping of keys")
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply_override(raw, keys, value)
+    if overrides:
+        source += " (with --set overrides)"
+    return _build(Config, raw, "", source)
+
+
+def config_from_dict(raw: dict, source: str = "saved config") -> Config:
+    return _build(Config, raw, "", source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

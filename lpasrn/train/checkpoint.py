@@ -1,0 +1,162 @@
+"""Atomic checkpoints and fp32 exports.
+
+A checkpoint is written into a hidden temporary directory, renamed into place, and only then marked
+complete (`COMPLETE` file). A save killed at any point leaves the previous complete checkpoint as
+the newest usable one. Trainer state (epoch, step, best metric, confusion, miner) is saved as JSON
+plus safetensors, never pickled, so loading a checkpoint unpickles nothing of ours.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lpasrn.errors import LpasrnError
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+TRAINER_JSON = "trainer_state.json"
+TRAINER_TENSORS = "trainer_state.safetensors"
+EXPORT_WEIGHTS = "model.safetensors"
+_NAME_RE = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?$")
+
+
+def checkpoint_name(epoch: int, step_in_epoch: int | None = None) -> str:
+    """`epoch-0003` = after 3 finished epochs; `epoch-0003-step-000120` = 120 steps into epoch 4."""
+    return f"epoch-{epoch:04d}" if step_in_epoch is None else f"epoch-{epoch:04d}-step-{step_in_epoch:06d}"
+
+
+def _order_key(path: Path) -> tuple[int, int]:
+    match = _NAME_RE.match(path.name)
+    epoch, step = int(match.group(1)), int(match.group(2) or 0)
+    # An end-of-epoch checkpoint (no step) comes after every mid-epoch one of the same epoch count.
+    return (epoch, step) if match.group(2) else (epoch, 1 << 60)
+
+
+def _write_trainer_state(path: Path, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+    (path / TRAINER_JSON).write_text(json.dumps(state, indent=1, sort_keys=True))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / TRAINER_TENSORS))
+
+
+def save_checkpoint(accelerator, checkpoints_dir: Path, name: str, state: dict,
+                    tensors: dict[str, torch.Tensor], keep: int, config_text: str) -> Path:
+    """Save model, optimizer, RNG and trainer state atomically; keep the newest `keep` checkpoints.
+
+    # NOTE: call on all ranks: save_state is collective under DeepSpeed and every rank writes its
+    # own RNG state; only the main process renames and marks the directory complete.
+    """
+    final = checkpoints_dir / name
+    tmp = checkpoints_dir / f".tmp-{name}"
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_trainer_state(tmp, state, tensors)
+        (tmp / "config.yaml").write_text(config_text)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (final / COMPLETE_MARKER).write_text(name + "\n")
+        _prune(checkpoints_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(checkpoints_dir: Path, keep: int) -> None:
+    complete = list_complete(checkpoints_dir)
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_complete(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; incomplete ones are reported and passed over."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoints_dir.iterdir():
+        if not path.is_dir() or not _NAME_RE.match(path.name):
+            continue
+        if (path / COMPLETE_MARKER).is_file() and (path / TRAINER_JSON).is_file():
+            found.append(path)
+        else:
+            log.warning("ignoring incomplete checkpoint %s (no %s marker)", path, COMPLETE_MARKER)
+    return sorted(found, key=_order_key)
+
+
+def resolve_resume(resume: str | None, checkpoints_dir: Path) -> Path | None:
+    """`auto` -> newest complete checkpoint or None; a path -> that checkpoint, refused if incomplete."""
+    if not resume:
+        return None
+    if resume == "auto":
+        complete = list_complete(checkpoints_dir)
+        return complete[-1] if complete else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise LpasrnError(f"--resume {path}: no such checkpoint directory")
+    if not (path / COMPLETE_MARKER).is_file() or not (path / TRAINER_JSON).is_file():
+        raise LpasrnError(f"--resume {path}: checkpoint is incomplete or corrupt (no {COMPLETE_MARKER} marker); "
+                          "use --resume auto to take the newest complete one")
+    return path
+
+
+def read_trainer_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        state = json.loads((path / TRAINER_JSON).read_text())
+        tensors = load_file(str(path / TRAINER_TENSORS)) if (path / TRAINER_TENSORS).is_file() else {}
+    except (OSError, ValueError) as err:
+        raise LpasrnError(f"checkpoint {path}: cannot read trainer state: {err}") from None
+    return state, tensors
+
+
+def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], limit: int = 8) -> str:
+    """Which keys differ between two state dicts (missing, unexpected, other shape); '' if none."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape))
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("different shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{label}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def check_weights_match(model: torch.nn.Module, weights_file: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file and make sure it fits `model`, naming the keys that differ if not."""
+    if not weights_file.is_file():
+        raise LpasrnError(f"weights not found: {weights_file}")
+    try:
+        found = load_file(str(weights_file))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise LpasrnError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    mismatch = describe_mismatch(model.state_dict(), found)
+    if mismatch:
+        raise LpasrnError(f"{weights_file} was saved from a different model preset or configuration: {mismatch}")
+    return found
+
+
+def export_weights(state_dict: dict[str, torch.Tensor], export_dir: Path, config_text: str, metrics: dict) -> None:
+    """Write plain fp32 safetensors + config + metrics, atomically (never a half-written export)."""
+    tmp = export_dir.parent / f".tmp-{export_dir.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state_dict.items()}
+    save_file(weights, str(tmp / EXPORT_WEIGHTS))
+    (tmp / "config.yaml").write_text(config_text)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    old = export_dir.parent / f".old-{export_dir.name}"
+    shutil.rmtree(old, ignore_errors=True)
+    if export_dir.exists():
+        os.replace(export_dir, old)
+    os.replace(tmp, export_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,233 @@
+"""The one training loop every stage runs: train an epoch, sync statistics, validate, keep the best,
+checkpoint. A stage only declares what differs (stages.py); this file never branches on stage index.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lpasrn.errors import LpasrnError
+from lpasrn.models.ocr_arch import greedy_decode
+from lpasrn.train import checkpoint as ckpt
+from lpasrn.train.data_sources import TrainBatches, fixed_val_samples, val_batches
+from lpasrn.train.objective import StageObjective, outputs_needed
+from lpasrn.train.stage_state import StageStatistics
+from lpasrn.train.tracking import log_plate_grid, plate_grid, start_stage_trackers
+from lpasrn.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(Exception):
+    """Raised after a preemption checkpoint is saved; the entry point exits 0 so SLURM requeues."""
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0              # finished epochs
+    step_in_epoch: int = 0      # steps done in the unfinished epoch (mid-epoch resume)
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int = -1
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+
+
+class StageRunner:
+    def __init__(self, spec, cfg, accelerator, model, optimizer, stage_dir: Path, config_text: str,
+                 preempt_file: Path | None):
+        self.spec, self.cfg, self.acc = spec, cfg, accelerator
+        self.stage_cfg = getattr(cfg.stages, spec.name)
+        self.model, self.optimizer = model, optimizer
+        self.stage_dir, self.config_text, self.preempt_file = stage_dir, config_text, preempt_file
+        self.state = LoopState()
+        self.objective = StageObjective(self.stage_cfg.loss_components, cfg.loss)
+        want = outputs_needed(self.stage_cfg.loss_components)
+        if (self.stage_cfg.update_confusion or spec.sampler == "weighted") and spec.uses_generator:
+            want |= {"sr", "ocr_sr"}  # readings feed the confusion matrix and the miner
+        self.want = tuple(sorted(want))
+        self.stats = StageStatistics(cfg, spec, self.stage_cfg, accelerator, stage_dir)
+        self.train_batches = TrainBatches(cfg, spec, self.stage_cfg, accelerator, self.stats)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grid_samples = fixed_val_samples(cfg, cfg.tracking.num_image_samples)
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        tensors = self.stats.tensors()
+        if self.objective.class_weights is not None:
+            tensors["class_weights"] = self.objective.class_weights
+        if self.train_batches.stream is None:
+            tensors["sampling_weights"] = self.train_batches.weights
+        return {"loop": asdict(self.state), "stage": self.spec.name}, tensors
+
+    def resume_from(self, path: Path) -> None:
+        """# NOTE: call on all ranks: load_state restores each rank's own RNG and (ZeRO) shards."""
+        saved, tensors = ckpt.read_trainer_state(path)
+        if saved.get("stage") != self.spec.name:
+            raise LpasrnError(f"checkpoint {path} belongs to stage {saved.get('stage')!r}, not {self.spec.name!r}")
+        self.acc.load_state(str(path))
+        self.state = LoopState(**saved["loop"])
+        self.stats.load_tensors(tensors)
+        if "class_weights" in tensors:
+            self.objective.class_weights = tensors["class_weights"]
+        if "sampling_weights" in tensors:
+            self.train_batches.weights = tensors["sampling_weights"]
+        self.acc.print(f"[{self.spec.prefix}] resumed from {path} (epoch {self.state.epoch}, "
+                       f"step {self.state.step_in_epoch})")
+
+    def save(self, mid_epoch: bool) -> Path:
+        """# NOTE: call on all ranks, after the statistics are synced (they are part of the state)."""
+        self.stats.sync()
+        state, tensors = self.state_dict()
+        name = ckpt.checkpoint_name(self.state.epoch, self.state.step_in_epoch if mid_epoch else None)
+        return ckpt.save_checkpoint(self.acc, self.stage_dir / "checkpoints", name, state, tensors,
+                                    self.cfg.train.keep_checkpoints, self.config_text)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        start_stage_trackers(self.acc, self.cfg, self.stage_dir.parent, self.spec.prefix, self.cfg.to_dict())
+        fresh = self.state.epoch == 0 and self.state.step_in_epoch == 0
+        if fresh and self.stats.miner is not None and self.stage_cfg.hard_mining.score_before_stage:
+            self.stats.score_training_split(self.model, val_batches(self.cfg, self.acc, split="train"))
+            self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
+        try:
+            for epoch in range(self.state.epoch, self.stage_cfg.epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch)
+            self.log_grid()
+        finally:
+            self.acc.end_training()
+        if not (self.stage_dir / "best" / ckpt.EXPORT_WEIGHTS).is_file():
+            raise LpasrnError(f"stage {self.spec.prefix} finished without a best export in {self.stage_dir}")
+        return self.stage_dir / "best"
+
+    def train_epoch(self, epoch: int) -> None:
+        self.objective.epoch = epoch
+        self.model.train()
+        batches = self.train_batches.for_epoch(epoch)
+        skip, limit = self.state.step_in_epoch, self.cfg.train.max_steps_per_epoch or None
+        total = min(len(batches), limit) if limit else len(batches)
+        bar = tqdm(total=total, initial=skip, desc=f"{self.spec.prefix} epoch {epoch + 1}/{self.stage_cfg.epochs}",
+                   disable=not self.acc.is_local_main_process, leave=False)
+        for index, batch in enumerate(batches):
+            if limit and index >= limit:
+                break
+            if index < skip:  # mid-epoch resume: the order is a function of (seed, epoch), so skip
+                continue
+            self.train_step(batch)
+            self.state.step_in_epoch = index + 1
+            bar.update(1)
+            if (index + 1) % self.cfg.train.preempt_poll_every == 0:
+                self.check_preemption()
+        bar.close()
+        self.state.step_in_epoch = 0
+
+    def train_step(self, batch: dict) -> None:
+        batch = _to_device(batch, self.acc.device)
+        with self.acc.autocast():
+            out = self.model(lr=batch["lr"], hr=batch["hr"], outputs=self.want)
+        loss, terms = self.objective(out, batch)
+        # NOTE: every rank must take the same decision to skip, or the gradient all-reduce would hang.
+        finite = self.acc.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
+        if int(finite.item()) != self.acc.num_processes:
+            self.skip_nonfinite(terms)
+            return
+        self.state.nonfinite_streak = 0
+        self.acc.backward(loss)
+        if self.cfg.train.grad_clip > 0 and self.acc.sync_gradients:
+            self.acc.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        if "ocr_sr" in out:
+            readings, _ = greedy_decode(out["ocr_sr"].detach().float())
+            self.stats.update(batch["sid"], batch["text"], readings)
+        if self.state.global_step % self.cfg.train.log_every == 0:
+            self.log_terms(terms)
+        if self.state.global_step % self.cfg.train.image_every == 0:
+            self.log_grid()
+
+    def skip_nonfinite(self, terms: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.nonfinite_total += 1
+        self.state.nonfinite_streak += 1
+        log.warning("[%s] non-finite loss at step %d (%s): step skipped", self.spec.prefix,
+                    self.state.global_step, terms)
+        if self.state.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+            raise LpasrnError(
+                f"{self.spec.prefix}: {self.state.nonfinite_streak} non-finite losses in a row; stopping. "
+                f"The last complete checkpoint in {self.stage_dir / 'checkpoints'} is intact; lower the lr "
+                f"(stages.{self.spec.name}.lr) or check the data.")
+
+    def log_terms(self, terms: dict) -> None:
+        values = {f"{self.spec.prefix}/train_{k}": v for k, v in terms.items()}
+        main = terms.get({"train_l1": "l1", "train_lcofl": "lcofl"}.get(self.spec.train_tag, "loss"), terms["loss"])
+        values[f"{self.spec.prefix}/{self.spec.train_tag}"] = main
+        if "embedding" in terms:
+            values[f"{self.spec.prefix}/embedding_loss"] = terms["embedding"]
+        values[f"{self.spec.prefix}/nonfinite_skipped"] = float(self.state.nonfinite_total)
+        self.acc.log(values, step=self.state.global_step)
+
+    def check_preemption(self) -> None:
+        """# NOTE: call on all ranks at the same step: check_trigger is an all-reduce."""
+        if self.preempt_file is not None and self.preempt_file.exists():
+            self.acc.set_trigger()
+        if self.acc.check_trigger():
+            path = self.save(mid_epoch=True)
+            self.acc.print(f"[{self.spec.prefix}] preemption requested: saved {path}, exiting for requeue")
+            self.acc.end_training()
+            raise Preempted(str(path))
+
+    def end_epoch(self, epoch: int) -> None:
+        """# NOTE: call on all ranks: statistics sync, validation sums, export and save are collective."""
+        self.stats.sync()
+        if self.stage_cfg.update_confusion:
+            self.objective.class_weights = self.stats.class_weights()
+        self.train_batches.after_epoch(epoch)
+        metrics = validate(self, val_batches(self.cfg, self.acc))
+        self.state.epoch = epoch + 1
+        self.acc.log({f"{self.spec.prefix}/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
+        self.stats.log(self.state.global_step)
+        self.maybe_export_best(metrics)
+        last = self.state.epoch == self.stage_cfg.epochs
+        if last or self.state.epoch % self.cfg.train.checkpoint_every_epochs == 0:
+            self.save(mid_epoch=False)
+
+    def maybe_export_best(self, metrics: dict) -> None:
+        value = metrics[self.spec.best_metric]
+        best = self.state.best_value
+        better = best is None or (value < best if self.spec.best_mode == "min" else value > best)
+        state_dict = self.acc.get_state_dict(self.model)  # NOTE: collective under ZeRO-3: all ranks
+        if better:
+            self.state.best_value, self.state.best_epoch = value, self.state.epoch
+            if self.acc.is_main_process:
+                record = {"epoch": self.state.epoch, "metric": self.spec.best_metric, **metrics}
+                ckpt.export_weights(state_dict, self.stage_dir / "best", self.config_text, record)
+        self.acc.wait_for_everyone()
+
+    def log_grid(self) -> None:
+        if not self.acc.is_main_process or not self.grid_samples:
+            return
+        net = self.acc.unwrap_model(self.model)
+        was_training = net.training
+        net.eval()
+        batch = _to_device(self.grid_samples, self.acc.device)
+        with torch.no_grad():
+            if self.spec.uses_generator:
+                out = net(lr=batch["lr"], hr=batch["hr"], outputs=("sr", "ocr_sr"))
+                sr, logits = out["sr"], out["ocr_sr"]
+            else:
+                out = net(lr=batch["lr"], hr=batch["hr"], outputs=("ocr_hr",))
+                sr, logits = torch.nn.functional.interpolate(batch["lr"], scale_factor=2, mode="bicubic"), out["ocr_hr"]
+        readings, _ = greedy_decode(logits.float())
+        grid = plate_grid(batch["lr"], sr.float(), batch["hr"], batch["text"], readings)
+        log_plate_grid(self.acc, f"{self.spec.prefix}/val_plates", grid, self.state.global_step)
+        net.train(was_training)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

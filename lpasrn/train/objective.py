@@ -1,0 +1,72 @@
+"""Which model outputs each loss component needs, and the weighted sum of the stage's losses.
+
+The model is called once per step through its own forward (so DDP/DeepSpeed see every parameter
+use); the losses are computed here from what it returns.
+"""
+from __future__ import annotations
+
+import torch
+
+from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at
+from lpasrn.losses.lcofl import LCOFL
+from lpasrn.losses.pixel import l1_loss
+from lpasrn.models.ocr_arch import ctc_loss
+
+# What the model must produce for each component (see LPASRN.forward).
+COMPONENT_OUTPUTS = {
+    "ctc": {"ocr_hr"},
+    "ctc_hr": {"ocr_hr"},
+    "l1": {"sr"},
+    "lcofl": {"sr", "ocr_sr"},
+    "embedding": {"sr", "emb_sr", "emb_hr"},
+}
+
+
+def outputs_needed(components, for_metrics: bool = False, uses_generator: bool = True) -> set[str]:
+    wanted = set().union(*(COMPONENT_OUTPUTS[c] for c in components))
+    if for_metrics:  # validation reads the OCR on what the stage improves: SR, or HR in stage 0
+        wanted |= {"sr", "ocr_sr"} if uses_generator else {"ocr_hr"}
+    return wanted
+
+
+class StageObjective:
+    """Weighted sum of a stage's loss components; returns the total and each term (detached floats)."""
+
+    def __init__(self, components, loss_cfg, embed_target_epochs: int = 0):
+        self.components = list(components)
+        self.cfg = loss_cfg
+        self.lcofl = LCOFL(lambda_cls=loss_cfg.lambda_cls, lambda_layout=loss_cfg.lambda_layout,
+                           lambda_ssim=loss_cfg.lambda_ssim, ssim_window=loss_cfg.ssim_window,
+                           digit_on_letter=loss_cfg.digit_on_letter, letter_on_digit=loss_cfg.letter_on_digit)
+        self.class_weights: torch.Tensor | None = None  # from the confusion matrix, per character
+        self.epoch = 0
+
+    def weight_of(self, component: str) -> float:
+        cfg = self.cfg
+        if component == "embedding":
+            return lambda_embed_at(self.epoch, cfg.embed_warmup_epochs, cfg.lambda_embed)
+        return {"ctc": 1.0, "ctc_hr": cfg.lambda_ctc_hr, "l1": cfg.lambda_l1, "lcofl": cfg.lambda_lcofl}[component]
+
+    def __call__(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        terms: dict[str, torch.Tensor] = {}
+        details: dict[str, float] = {}
+        for component in self.components:
+            if component in ("ctc", "ctc_hr"):
+                terms[component] = ctc_loss(out["ocr_hr"].float(), batch["text"])
+            elif component == "l1":
+                terms["l1"] = l1_loss(out["sr"].float(), batch["hr"])
+            elif component == "lcofl":
+                weights = self.class_weights
+                if weights is not None:
+                    weights = weights.to(out["sr"].device, torch.float32)
+                total, parts = self.lcofl(out["sr"].float(), batch["hr"], out["ocr_sr"].float(), batch["text"],
+                                          batch["layout"], weights)
+                terms["lcofl"] = total
+                details.update({f"lcofl_{k}": float(v) for k, v in parts.items()})
+            elif component == "embedding":
+                terms["embedding"] = contrastive_embedding_loss(
+                    out["emb_sr"].float(), out["emb_hr"].float(), batch["text"], margin=self.cfg.embed_margin)
+        total = sum(self.weight_of(name) * value for name, value in terms.items())
+        details.update({name: float(value.detach()) for name, value in terms.items()})
+        details["loss"] = float(total.detach())
+        return total, details

@@ -1,0 +1,145 @@
+"""From a config and a stage argument to trained exports: the Accelerator, the default data, the
+stage sequence with best-weights hand-off, and the final LR | SR | HR table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from lpasrn.config import Config, save_config
+from lpasrn.data.shards import load_manifest
+from lpasrn.errors import LpasrnError
+from lpasrn.models.lpasrn_arch import LPASRN, build_model
+from lpasrn.train import checkpoint as ckpt
+from lpasrn.train.loop import StageRunner
+from lpasrn.train.stages import STAGES, StageSpec, trainable_parts
+
+log = logging.getLogger(__name__)
+DONE_MARKER = "DONE"
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    mixed = cfg.train.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # On CPU a multi-process launch (DDP or DeepSpeed) must use gloo; a single process must not ask
+    # for any backend, or Accelerate expects a process group that was never started.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, project_dir=cfg.run_dir)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        # We do not hand dataloaders to prepare (streamed loaders), so DeepSpeed's "auto" batch
+        # size must be filled in here, once, from the config.
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        plugin.deepspeed_config.setdefault("gradient_accumulation_steps", 1)
+    return accelerator
+
+
+def build_lpasrn(cfg: Config) -> LPASRN:
+    m = cfg.model
+    overrides = {"use_dcnv4": m.use_dcnv4, "use_character_attention": m.use_character_attention,
+                 "msca_scales": tuple(m.msca_scales)}
+    if m.num_channels is not None:
+        overrides["num_channels"] = m.num_channels
+    if m.num_blocks is not None:
+        overrides["num_blocks"] = m.num_blocks
+    return build_model(m.generator_preset, m.ocr_preset, cfg.loss.embedding_dim, m.use_lightweight_embedder,
+                       overrides)
+
+
+def ensure_data(cfg: Config, accelerator) -> None:
+    """Generate the default synthetic dataset when `data.dir` has none (main process; others wait).
+
+    # NOTE: call on all ranks (wait_for_everyone).
+    """
+    manifest = Path(cfg.data.dir) / "manifest.json"
+    if not manifest.is_file() and accelerator.is_main_process:
+        if Path(cfg.data.dir).exists() and any(Path(cfg.data.dir).iterdir()):
+            raise LpasrnError(f"{cfg.data.dir} exists but has no manifest.json: not an lpasrn dataset; "
+                              "point data.dir elsewhere or create shards with `lpasrn data synth`/`lpasrn data import`")
+        from lpasrn.data.synth_cli import write_synthetic_dataset
+
+        d = cfg.data
+        print(f"no dataset in {d.dir}: generating the built-in synthetic plates "
+              f"({d.synth_train}/{d.synth_val}/{d.synth_test}, seed {d.synth_seed})")
+        write_synthetic_dataset(Path(d.dir), d.synth_train, d.synth_val, d.synth_test, d.synth_seed,
+                                d.synth_degradation)
+    accelerator.wait_for_everyone()
+    load_manifest(cfg.data.dir)  # clear error on every rank if something is still wrong
+
+
+def stage_dir(cfg: Config, spec: StageSpec) -> Path:
+    return Path(cfg.run_dir) / spec.prefix
+
+
+def previous_export(cfg: Config, spec: StageSpec) -> Path | None:
+    """The best export of the stage before `spec` (None for stage 0), or a clear error."""
+    if spec.index == 0:
+        return None
+    before = STAGES[spec.index - 1]
+    weights = stage_dir(cfg, before) / "best" / ckpt.EXPORT_WEIGHTS
+    if not weights.is_file():
+        raise LpasrnError(f"stage {spec.index} starts from stage {before.index}'s best weights, but {weights} "
+                          f"does not exist: run `--stage {before.index}` first (or `--stage all`)")
+    return weights
+
+
+def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | None, resume: str | None,
+              config_text: str, preempt_file: Path | None) -> Path:
+    """Train one stage; returns its best export directory. # NOTE: call on all ranks."""
+    sdir = stage_dir(cfg, spec)
+    if resume == "auto" and (sdir / DONE_MARKER).is_file():
+        accelerator.print(f"[{spec.prefix}] already finished: using {sdir / 'best'}")
+        return sdir / "best"
+    resume_path = ckpt.resolve_resume(resume, sdir / "checkpoints")
+    if resume_path is None and (sdir / "checkpoints").is_dir() and ckpt.list_complete(sdir / "checkpoints"):
+        raise LpasrnError(f"{sdir} already holds checkpoints: pass --resume auto to continue, or use a new run_dir")
+    torch.manual_seed(cfg.seed + spec.index)
+    model = build_lpasrn(cfg)
+    if init_weights is not None:
+        model.load_state_dict(ckpt.check_weights_match(model, init_weights))
+    stage_cfg = getattr(cfg.stages, spec.name)
+    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, weight_decay=cfg.train.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file)
+    if resume_path is not None:
+        runner.resume_from(resume_path)
+    try:
+        export = runner.run()
+    finally:
+        accelerator.free_memory()
+    if accelerator.is_main_process:
+        (sdir / DONE_MARKER).write_text(json.dumps({"best": runner.state.best_value}) + "\n")
+    accelerator.wait_for_everyone()
+    return export
+
+
+def run_stages(cfg: Config, specs: list[StageSpec], resume: str | None, accelerator) -> Path:
+    """# NOTE: call on all ranks. Returns the last stage's best export directory."""
+    ensure_data(cfg, accelerator)
+    run_dir = Path(cfg.run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    preempt = os.environ.get("LPASRN_PREEMPT_FILE")
+    preempt_file = Path(preempt) if preempt else run_dir / "PREEMPT"
+    if accelerator.is_main_process and preempt_file.exists():
+        preempt_file.unlink()  # a mark left by the job that was preempted, not a new request
+    accelerator.wait_for_everyone()
+    init = previous_export(cfg, specs[0])
+    export = None
+    for spec in specs:
+        export = run_stage(spec, cfg, accelerator, init, resume, config_text, preempt_file)
+        init = export / ckpt.EXPORT_WEIGHTS
+    return export

@@ -1,0 +1,100 @@
+"""Statistics a stage accumulates while it trains: the character confusion matrix (LCOFL's class
+weights) and, in the hard-mining stage, the per-sample difficulty miner.
+
+Both keep local deltas that are summed across ranks at fixed points (`sync`), so after a sync every
+rank holds the same state, equal to what one process would have counted over the same samples.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lpasrn.data.shards import load_manifest, split_entry
+from lpasrn.dist.confusion import CharacterConfusionTracker
+from lpasrn.dist.miner import HardExampleMiner
+from lpasrn.models.ocr_arch import greedy_decode
+
+log = logging.getLogger(__name__)
+
+
+class StageStatistics:
+    def __init__(self, cfg, spec, stage_cfg, accelerator, stage_dir):
+        self.cfg, self.spec, self.stage_cfg, self.acc = cfg, spec, stage_cfg, accelerator
+        self.confusion = CharacterConfusionTracker()
+        self.miner: HardExampleMiner | None = None
+        if spec.sampler == "weighted":
+            num_train = split_entry(load_manifest(cfg.data.dir), "train", cfg.data.dir)["num_samples"]
+            mining = stage_cfg.hard_mining
+            self.miner = HardExampleMiner(num_train, mining.ema_momentum, mining.difficulty_alpha)
+
+    def update(self, sids: torch.Tensor, truths: list[str], readings: list[str]) -> None:
+        """Local deltas only: no communication inside the training loop."""
+        if self.stage_cfg.update_confusion:
+            self.confusion.update(truths, readings)
+        if self.miner is not None:
+            self.miner.update_from_strings(sids.cpu(), truths, readings)
+
+    def sync(self) -> None:
+        """# NOTE: call on all ranks at the same points (epoch end, before every checkpoint):
+        one all-reduce each for the confusion counts and the miner counters."""
+        self.confusion.sync()
+        if self.miner is not None:
+            self.miner.sync()
+
+    def class_weights(self) -> torch.Tensor:
+        return self.confusion.class_weights(self.cfg.loss.confusion_threshold, self.cfg.loss.class_weight_step)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"confusion.{k}": v for k, v in self.confusion.state_dict().items()}
+        if self.miner is not None:
+            state = self.miner.state_dict()
+            out.update({f"miner.{k}": state[k] for k in ("counters", "deltas", "ema_accuracy")})
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.confusion.load_state_dict({k: tensors[f"confusion.{k}"] for k in ("counts", "deltas")})
+        if self.miner is not None and "miner.counters" in tensors:
+            self.miner.load_state_dict({"num_samples": tensors["miner.counters"].shape[1],
+                                        "counters": tensors["miner.counters"], "deltas": tensors["miner.deltas"],
+                                        "ema_accuracy": tensors["miner.ema_accuracy"]})
+
+    @torch.no_grad()
+    def score_training_split(self, model, batches) -> None:
+        """Eval-mode pass over the training split before hard mining starts, so the first weighted
+        draw already knows which plates are hard. Exact-once across ranks, no collective inside the
+        loop, one sync at the end. # NOTE: call on all ranks."""
+        net = self.acc.unwrap_model(model)
+        was_training = net.training
+        net.eval()
+        for batch in batches:
+            if batch["hr"].shape[0] == 0:
+                continue
+            with self.acc.autocast():
+                out = net(lr=batch["lr"].to(self.acc.device), outputs=("ocr_sr",))
+            readings, _ = greedy_decode(out["ocr_sr"].float())
+            self.miner.update_from_strings(batch["sid"], batch["text"], readings)
+        net.train(was_training)
+        self.miner.sync()
+
+    def log(self, step: int) -> None:
+        """Top confusions, the heatmap and (hard mining) the hardest samples and difficulty histogram."""
+        if not self.acc.is_main_process:
+            return
+        prefix = self.spec.prefix
+        if self.stage_cfg.update_confusion and int(self.confusion.counts.sum()) > 0:
+            pairs = self.confusion.top_confusions(5)
+            self.acc.log({f"{prefix}/top_confusions": ", ".join(f"{t}->{p}:{n}" for t, p, n in pairs)}, step=step)
+            for tracker in self.acc.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image(f"{prefix}/confusion", self.confusion.heatmap_image(), step,
+                                             dataformats="HWC")
+        if self.miner is not None and int(self.miner.seen.sum()) > 0:
+            difficulty = self.miner.difficulty()
+            self.acc.log({f"{prefix}/mean_difficulty": float(difficulty.mean())}, step=step)
+            rows = self.miner.hardest(5)
+            self.acc.log({f"{prefix}/hardest": "; ".join(f"sid {r['sid']} d={r['difficulty']:.2f}" for r in rows)},
+                         step=step)
+            for tracker in self.acc.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_histogram(f"{prefix}/difficulty", difficulty.numpy(), step)

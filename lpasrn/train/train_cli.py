@@ -1,0 +1,105 @@
+"""`lpasrn train` / `launch/run.py` (the same entry point) and `lpasrn quickstart`.
+
+    accelerate launch launch/run.py --stage 2 --config configs/lpasrn.yaml   # cluster
+    python launch/run.py --stage all --config configs/quickstart.yaml       # one process, debug
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lpasrn.errors import LpasrnError
+
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", default="all", help="0..4 or 'all' (default)")
+    parser.add_argument("--config", default=None, help="YAML config (default: built-in paper defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set stages.lcofl.epochs=5 (repeatable)")
+    parser.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint) or a checkpoint dir")
+    parser.add_argument("--debug", action="store_true", help="verbose logging, anomaly detection")
+    parser.add_argument("--eval", action="store_true",
+                        help="after training, compare OCR on LR-bicubic, SR and HR on the test split")
+
+
+def run_train(args) -> int:
+    """# NOTE: runs on every rank; everything below is collective or main-process-guarded."""
+    import torch
+
+    from lpasrn.config import load_config
+    from lpasrn.train.loop import Preempted
+    from lpasrn.train.pipeline import make_accelerator, run_stages
+    from lpasrn.train.stages import parse_stage_arg
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        torch.autograd.set_detect_anomaly(True)
+    cfg = load_config(args.config, args.set)
+    specs = parse_stage_arg(args.stage)
+    accelerator = make_accelerator(cfg)
+    accelerator.print(f"lpasrn: {accelerator.distributed_type} x{accelerator.num_processes} on "
+                      f"{accelerator.device}, stages {[s.index for s in specs]}, run dir {cfg.run_dir}")
+    started = time.time()
+    try:
+        export = run_stages(cfg, specs, args.resume, accelerator)
+    except Preempted as done:
+        accelerator.print(f"lpasrn: preempted; checkpoint {done}; requeue and resume with --resume auto")
+        return 0
+    accelerator.print(f"lpasrn: finished in {time.time() - started:.0f} s; best weights in {export}")
+    if args.eval:
+        evaluate_after_training(cfg, export, accelerator)
+    return 0
+
+
+def evaluate_after_training(cfg, export: Path, accelerator) -> dict:
+    """Print and save (run_dir/eval.json) the LR-bicubic | SR | HR table on the test split."""
+    from lpasrn.eval.compare import compare_readings, format_table
+    from lpasrn.train.checkpoint import EXPORT_WEIGHTS, check_weights_match
+    from lpasrn.train.pipeline import build_lpasrn
+
+    model = build_lpasrn(cfg)
+    model.load_state_dict(check_weights_match(model, export / EXPORT_WEIGHTS))
+    model.to(accelerator.device)
+    result = compare_readings(model, cfg.data.dir, "test", cfg.data.batch_size, accelerator, cfg.data.num_workers)
+    if accelerator.is_main_process:
+        out = Path(cfg.run_dir) / "eval.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nOCR on the test split ({cfg.data.dir}):\n{format_table(result)}\nwritten to {out}")
+    return result
+
+
+def run_quickstart(args) -> int:
+    args.config = args.config or str(QUICKSTART_CONFIG)
+    args.stage, args.eval = "all", True
+    args.resume = args.resume or "auto"
+    return run_train(args)
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train stages (same as launch/run.py)")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+    quick = subparsers.add_parser("quickstart", help="synthetic data, all stages on CPU, LR|SR|HR table")
+    quick.add_argument("--config", default=None, help=f"default: {QUICKSTART_CONFIG}")
+    quick.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    quick.add_argument("--resume", default=None)
+    quick.add_argument("--debug", action="store_true")
+    quick.set_defaults(func=run_quickstart)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch/run.py", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except LpasrnError as err:
+        print(f"lpasrn: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,175 @@
+import random
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from lpasrn.dist.miner import HardExampleMiner
+from lpasrn.dist.sampler import CurriculumSampler, epoch_seed
+from lpasrn.dist.sync import state_hash
+
+
+def make_intervals(num_samples=30, intervals=3, per_interval=60, seed=0):
+    """Observations (sid, truth, pred) per sync interval; low sids are read well, high sids badly."""
+    rng = random.Random(seed)
+    result = []
+    for _ in range(intervals):
+        batch = []
+        for _ in range(per_interval):
+            sid = rng.randrange(num_samples)
+            wrong = rng.random() < sid / num_samples
+            batch.append((sid, "ABC1234", "A8C1234" if wrong else "ABC1234"))
+        result.append(batch)
+    return result
+
+
+def feed(miner, observations, chunk):
+    for start in range(0, len(observations), chunk):
+        part = observations[start:start + chunk]
+        miner.update_from_strings([o[0] for o in part], [o[1] for o in part], [o[2] for o in part])
+
+
+def test_same_samples_in_other_splits_and_orders_give_bitwise_identical_state():
+    intervals = make_intervals()
+    reference = HardExampleMiner(30)
+    for observations in intervals:
+        feed(reference, observations, chunk=len(observations))
+        reference.sync()
+    # the same samples, reversed and in small chunks, and split between two "ranks" whose deltas
+    # are summed the way all_reduce_sum_ sums them
+    rank_a, rank_b = HardExampleMiner(30), HardExampleMiner(30)
+    for observations in intervals:
+        shuffled = list(reversed(observations))
+        feed(rank_a, shuffled[::2], chunk=7)
+        feed(rank_b, shuffled[1::2], chunk=5)
+        rank_a.deltas += rank_b.deltas
+        rank_b.deltas.copy_(rank_a.deltas)
+        rank_a.sync()
+        rank_b.sync()
+    for miner in (rank_a, rank_b):
+        assert state_hash(miner.state_dict()) == state_hash(reference.state_dict())
+        assert state_hash(miner.sampling_weights(0.3)) == state_hash(reference.sampling_weights(0.3))
+
+
+def test_counters_and_ema_hand_values():
+    miner = HardExampleMiner(4, ema_momentum=0.9)
+    miner.update([0, 1, 1], [True, True, False], [7, 7, 6], [7, 7, 7])
+    assert miner.seen.sum() == 0  # deltas only until sync
+    miner.sync()
+    assert miner.seen.tolist() == [1, 2, 0, 0]
+    assert miner.counter("chars_correct").tolist() == [7, 13, 0, 0]
+    assert miner.ema_accuracy[:2].tolist() == [1.0, 0.5]  # first sync: the interval's accuracy
+    miner.update([0], [False], [6], [7])
+    miner.sync()
+    assert miner.ema_accuracy[0].item() == 0.9 * 1.0 + 0.1 * 0.0
+    assert miner.ema_accuracy[1].item() == 0.5  # not seen in this interval: unchanged
+    difficulty = miner.difficulty()
+    assert difficulty.dtype == torch.float64
+    assert difficulty[0].item() == 1.0 - 0.9 and difficulty[1].item() == 0.5
+    mean_seen = ((1.0 - 0.9) + 0.5) / 2
+    assert difficulty[2].item() == difficulty[3].item() == mean_seen  # unseen: mean of the seen ones
+    assert torch.equal(HardExampleMiner(3).difficulty(), torch.full((3,), 0.5, dtype=torch.float64))
+
+
+def test_weights_follow_the_curriculum_and_stay_positive():
+    miner = HardExampleMiner(3, difficulty_alpha=2.0)
+    miner.update([0, 1, 2], [True, False, True], [7, 3, 7], [7, 7, 7])
+    miner.sync()  # sid 0 and 2 easy, sid 1 hard
+    start, middle, end = (miner.sampling_weights(p) for p in (0.0, 0.5, 1.0))
+    for weights in (start, middle, end):
+        assert weights.dtype == torch.float64 and bool((weights > 0).all())
+        assert weights.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert start[0] > start[1] and end[1] > end[0]
+    assert torch.allclose(middle, torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert state_hash(miner.sampling_weights(0.7)) == state_hash(miner.sampling_weights(0.7))
+    extreme = HardExampleMiner(3, difficulty_alpha=1e6)
+    extreme.load_state_dict(miner.state_dict())
+    assert bool((extreme.sampling_weights(1.0) > 0).all())  # never underflows to zero
+    with pytest.raises(ValueError):
+        miner.sampling_weights(1.5)
+
+
+def test_hardest_state_dict_and_bad_input():
+    miner = HardExampleMiner(5)
+    miner.update_from_strings([0, 1, 2, 3], ["ABC1234"] * 4, ["ABC1234", "", "A8C1234", "ABC1234"])
+    miner.sync()
+    rows = miner.hardest(2)
+    assert [row["sid"] for row in rows] == [1, 2]  # equal difficulty: lower sid first
+    assert rows[0]["char_acc"] == 0.0 and rows[1]["char_acc"] == 6 / 7 and rows[1]["word_acc"] == 0.0
+    assert len(miner.hardest(10)) == 4  # unseen samples are not listed
+    miner.update([4], [True], [7], [7])  # unsynced deltas travel with the state
+    restored = HardExampleMiner(5)
+    restored.load_state_dict(miner.state_dict())
+    assert state_hash(restored.state_dict()) == state_hash(miner.state_dict())
+    with pytest.raises(ValueError, match="samples"):
+        HardExampleMiner(6).load_state_dict(miner.state_dict())
+    with pytest.raises(ValueError, match="sids"):
+        miner.update([5], [True], [7], [7])
+
+
+def fixed_weights(values):
+    weights = torch.tensor(values, dtype=torch.float64)
+    return lambda epoch: weights
+
+
+def test_rank_slices_partition_the_global_draw():
+    weights_fn = fixed_weights([1.0] * 50)
+    samplers = [CurriculumSampler(weights_fn, 50, batch_size=4, rank=r, world_size=2, seed=7)
+                for r in range(2)]
+    for sampler in samplers:
+        sampler.set_epoch(3)
+        assert len(sampler) == 24 and len(list(sampler)) == 24  # 50 rounded down to 48, halved
+    global_draw = samplers[0].global_draw(3)
+    assert torch.equal(samplers[1].global_draw(3), global_draw)
+    assert list(samplers[0]) + list(samplers[1]) == global_draw.tolist()
+    assert not torch.equal(samplers[0].global_draw(4), global_draw)  # epochs differ
+    other_seed = CurriculumSampler(weights_fn, 50, batch_size=4, rank=0, world_size=2, seed=8)
+    assert not torch.equal(other_seed.global_draw(3), global_draw)
+    assert epoch_seed(7, 3) == epoch_seed(7, 3) != epoch_seed(3, 7)
+
+
+def test_epoch_size_rounding():
+    weights_fn = fixed_weights([1.0] * 103)
+    assert CurriculumSampler(weights_fn, 103, 4, 0, 2, seed=0).total_size == 96
+    assert CurriculumSampler(weights_fn, 103, 4, 1, 2, seed=0, drop_last=False).total_size == 104
+    with pytest.raises(ValueError, match="no full global batch"):
+        CurriculumSampler(fixed_weights([1.0] * 5), 5, 4, 0, 2, seed=0)
+    with pytest.raises(ValueError, match="weights"):
+        CurriculumSampler(fixed_weights([1.0] * 5), 8, 4, 0, 2, seed=0).set_epoch(0)
+
+
+def test_draw_frequencies_match_the_weights():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    sampler = CurriculumSampler(fixed_weights(values), 10, batch_size=5, rank=0, world_size=2, seed=1234)
+    draws = torch.cat([sampler.global_draw(epoch) for epoch in range(300)])
+    observed = torch.bincount(draws, minlength=10).double()
+    expected = torch.tensor(values, dtype=torch.float64) / sum(values) * draws.numel()
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.001
+
+
+def test_curriculum_moves_from_easy_to_hard_samples():
+    miner = HardExampleMiner(40, difficulty_alpha=2.0)
+    sids = list(range(40))
+    miner.update(sids, [sid < 20 for sid in sids], [7] * 40, [7] * 40)  # 0..19 easy, 20..39 hard
+    miner.sync()
+    epochs = 5
+    sampler = CurriculumSampler(lambda e: miner.sampling_weights(e / (epochs - 1)), 40, batch_size=10,
+                                rank=0, world_size=1, seed=0)
+    first = sampler.global_draw(0)
+    last = sampler.global_draw(epochs - 1)
+    counts_first = ((first < 20).sum().item(), (first >= 20).sum().item())
+    counts_last = ((last < 20).sum().item(), (last >= 20).sum().item())
+    assert counts_first[0] > counts_first[1]  # start: easy samples drawn more
+    assert counts_last[1] > counts_last[0]  # end: hard samples drawn more
+
+
+def test_sampler_state_replays_the_epoch_draw():
+    weights = torch.ones(20, dtype=torch.float64)
+    sampler = CurriculumSampler(lambda e: weights, 20, batch_size=5, rank=1, world_size=2, seed=3)
+    sampler.set_epoch(2)
+    before = list(sampler)
+    state = sampler.state_dict()
+    weights[:10] = 1e-9  # the miner moved on after the draw
+    resumed = CurriculumSampler(lambda e: weights, 20, batch_size=5, rank=1, world_size=2, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 2 and list(resumed) == before
