@@ -14,3 +14,39 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def rng_seed():
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A tiny synthetic dataset (48 train / 16 val / 16 test plates, shards of 16) for runner tests."""
+    from lpasrn.data.shards import DatasetWriter
+    from lpasrn.data.synth import synth_records
+
+    out = tmp_path_factory.mktemp("data") / "synthetic"
+    with DatasetWriter(out, {"generator": "synthetic", "seed": 0}, shard_size=16) as writer:
+        for split, count in (("train", 48), ("val", 16), ("test", 16)):
+            for record in synth_records(count, 0, split, degradation="realistic"):
+                writer.write(split, record)
+        writer.close()
+    return out
+
+
+def write_tiny_config(path, data_dir, run_dir, extra: str = "") -> str:
+    """A YAML config for tiny CPU runs of the runner: tiny presets, 1 epoch per stage, no W&B."""
+    path.write_text(f"""
+experiment: test
+seed: 0
+run_dir: {run_dir}
+data: {{dir: {data_dir}, batch_size: 16, num_workers: 0}}
+model: {{generator_preset: tiny, ocr_preset: tiny, use_lightweight_embedder: true}}
+stages:
+  pretrain: {{epochs: 1, lr: 1.0e-3, loss_components: [ctc], freeze_ocr: false}}
+  warmup: {{epochs: 1, lr: 1.0e-3, loss_components: [l1]}}
+  lcofl: {{epochs: 1, lr: 1.0e-3, loss_components: [l1, lcofl], update_confusion: true}}
+  finetune: {{epochs: 1, lr: 1.0e-4, loss_components: [l1, lcofl, ctc_hr], freeze_ocr: false, update_confusion: true}}
+  hard_mining: {{epochs: 2, lr: 1.0e-4, loss_components: [l1, lcofl, embedding], update_confusion: true}}
+train: {{log_every: 1, image_every: 2}}
+tracking: {{wandb: "off", num_image_samples: 4}}
+{extra}
+""")
+    return str(path)

@@ -46,8 +46,7 @@ def class_weights_from_confusion(confusion: torch.Tensor, threshold: float = 0.2
     rates = torch.where(row_sums > 0, counts / row_sums.clamp_min(1.0), torch.zeros_like(counts))
     confused = rates[:, :NUM_CHARS] > threshold
     confused.fill_diagonal_(False)
-    weights = 1.0 + step * confused.sum(dim=1).to(torch.float64)
-    return weights
+    return 1.0 + step * confused.sum(dim=1).to(torch.float64)
 
 
 def _position_kinds(texts: list[str], layouts: list[str], max_len: int,

@@ -56,24 +56,28 @@ def build_lpasrn(cfg: Config) -> LPASRN:
 
 
 def ensure_data(cfg: Config, accelerator) -> None:
-    """Generate the default synthetic dataset when `data.dir` has none (main process; others wait).
+    """With data.synthesize_if_missing, render the default synthetic dataset when `data.dir` has
+    none (main process; the others wait); otherwise a missing dataset is a clear error.
 
     # NOTE: call on all ranks (wait_for_everyone).
     """
-    manifest = Path(cfg.data.dir) / "manifest.json"
-    if not manifest.is_file() and accelerator.is_main_process:
-        if Path(cfg.data.dir).exists() and any(Path(cfg.data.dir).iterdir()):
-            raise LpasrnError(f"{cfg.data.dir} exists but has no manifest.json: not an lpasrn dataset; "
-                              "point data.dir elsewhere or create shards with `lpasrn data synth`/`lpasrn data import`")
-        from lpasrn.data.synth_cli import write_synthetic_dataset
+    d = cfg.data
+    missing = not (Path(d.dir) / "manifest.json").is_file()
+    if missing and d.synthesize_if_missing and accelerator.is_main_process:
+        if Path(d.dir).exists() and any(Path(d.dir).iterdir()):
+            raise LpasrnError(f"{d.dir} exists but has no manifest.json: not an lpasrn dataset; point "
+                              "data.dir elsewhere or create shards with `lpasrn data synth`/`lpasrn data import`")
+        from lpasrn.cli import main as lpasrn_cli
 
-        d = cfg.data
-        print(f"no dataset in {d.dir}: generating the built-in synthetic plates "
+        print(f"no dataset in {d.dir}: rendering the built-in synthetic plates "
               f"({d.synth_train}/{d.synth_val}/{d.synth_test}, seed {d.synth_seed})")
-        write_synthetic_dataset(Path(d.dir), d.synth_train, d.synth_val, d.synth_test, d.synth_seed,
-                                d.synth_degradation)
+        status = lpasrn_cli(["data", "synth", "--out", str(d.dir), "--train", str(d.synth_train),
+                             "--val", str(d.synth_val), "--test", str(d.synth_test), "--seed", str(d.synth_seed),
+                             "--degradation", d.synth_degradation, "--shard-size", str(d.synth_shard_size)])
+        if status != 0:
+            raise LpasrnError(f"could not render the synthetic dataset into {d.dir}")
     accelerator.wait_for_everyone()
-    load_manifest(cfg.data.dir)  # clear error on every rank if something is still wrong
+    load_manifest(d.dir)  # the same clear error on every rank if there is still no dataset
 
 
 def stage_dir(cfg: Config, spec: StageSpec) -> Path:
@@ -92,11 +96,20 @@ def previous_export(cfg: Config, spec: StageSpec) -> Path | None:
     return weights
 
 
+def _finished_epochs(sdir: Path) -> int:
+    """Epochs a finished stage ran (0 if it did not finish); more epochs in the config = continue."""
+    try:
+        return int(json.loads((sdir / DONE_MARKER).read_text())["epochs"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | None, resume: str | None,
               config_text: str, preempt_file: Path | None) -> Path:
     """Train one stage; returns its best export directory. # NOTE: call on all ranks."""
     sdir = stage_dir(cfg, spec)
-    if resume == "auto" and (sdir / DONE_MARKER).is_file():
+    stage_cfg = getattr(cfg.stages, spec.name)
+    if resume == "auto" and _finished_epochs(sdir) >= stage_cfg.epochs:
         accelerator.print(f"[{spec.prefix}] already finished: using {sdir / 'best'}")
         return sdir / "best"
     resume_path = ckpt.resolve_resume(resume, sdir / "checkpoints")
@@ -106,7 +119,6 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     model = build_lpasrn(cfg)
     if init_weights is not None:
         model.load_state_dict(ckpt.check_weights_match(model, init_weights))
-    stage_cfg = getattr(cfg.stages, spec.name)
     model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -118,7 +130,8 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     finally:
         accelerator.free_memory()
     if accelerator.is_main_process:
-        (sdir / DONE_MARKER).write_text(json.dumps({"best": runner.state.best_value}) + "\n")
+        (sdir / DONE_MARKER).write_text(json.dumps({"epochs": runner.state.epoch, "best": runner.state.best_value,
+                                                    "best_epoch": runner.state.best_epoch}) + "\n")
     accelerator.wait_for_everyone()
     return export
 
