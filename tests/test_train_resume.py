@@ -63,37 +63,19 @@ def test_resume_after_epoch_equals_uninterrupted(stage01, tiny_dataset, tmp_path
     assert_same(straight, resumed)
 
 
-def test_preempted_mid_epoch_resumes_to_the_same_weights(stage01, tiny_dataset, tmp_path):
+def test_preempted_mid_epoch_resumes_to_the_same_weights(stage01, tiny_dataset, tmp_path, monkeypatch):
     root, _ = stage01
     run_dir = copy_run(stage01, tmp_path)
-    config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, run_dir,
-                               extra="")
+    config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, run_dir)
     mark = tmp_path / "preempt.mark"
-    import os
-
-    os.environ["LPASRN_PREEMPT_FILE"] = str(mark)
-    try:
-        overrides = ["--set", "stages.warmup.epochs=2", "--set", "train.preempt_poll_every=2"]
-        # The mark appears while the job runs (the batch shell writes it on SIGUSR1): simulate that by
-        # creating it after the pipeline has cleared stale marks, i.e. from the first logged step.
-        import lpasrn.train.loop as loop
-
-        original = loop.StageRunner.train_step
-
-        def marking_step(self, batch):
-            original(self, batch)
-            mark.touch()
-
-        loop.StageRunner.train_step = marking_step
-        try:
-            assert run(config, "--stage", "1", *overrides) == 0  # saves mid-epoch, exits 0
-        finally:
-            loop.StageRunner.train_step = original
-        saved = sorted(p.name for p in (run_dir / "stage1_warmup" / "checkpoints").iterdir())
-        assert saved == ["epoch-0000-step-000002"]
-        assert run(config, "--stage", "1", *overrides, "--resume", "auto") == 0
-    finally:
-        os.environ.pop("LPASRN_PREEMPT_FILE", None)
+    monkeypatch.setenv("LPASRN_PREEMPT_FILE", str(mark))
+    overrides = ["--set", "stages.warmup.epochs=2", "--set", "train.preempt_poll_every=2"]
+    mark.touch()  # as the SLURM batch shell does on SIGUSR1; seen at the first poll (step 2)
+    assert run(config, "--stage", "1", *overrides) == 0  # saves mid-epoch, exits 0
+    assert not mark.exists()  # served: the resumed run must not stop again
+    saved = sorted(p.name for p in (run_dir / "stage1_warmup" / "checkpoints").iterdir())
+    assert saved == ["epoch-0000-step-000002"]
+    assert run(config, "--stage", "1", *overrides, "--resume", "auto") == 0
     resumed = weights(run_dir / "stage1_warmup" / "checkpoints" / "epoch-0002" / "model.safetensors")
     straight = weights(root / "run" / "stage1_warmup" / "checkpoints" / "epoch-0002" / "model.safetensors")
     assert_same(straight, resumed)

@@ -16,7 +16,7 @@ from lpasrn.train import checkpoint as ckpt
 from lpasrn.train.data_sources import TrainBatches, fixed_val_samples, val_batches
 from lpasrn.train.objective import StageObjective, outputs_needed
 from lpasrn.train.stage_state import StageStatistics
-from lpasrn.train.tracking import log_plate_grid, plate_grid, start_stage_trackers
+from lpasrn.train.tracking import finish_stage_trackers, log_plate_grid, plate_grid, start_stage_trackers
 from lpasrn.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class StageRunner:
                 self.end_epoch(epoch)
             self.log_grid()
         finally:
-            self.acc.end_training()
+            finish_stage_trackers(self.acc)
         if not (self.stage_dir / "best" / ckpt.EXPORT_WEIGHTS).is_file():
             raise LpasrnError(f"stage {self.spec.prefix} finished without a best export in {self.stage_dir}")
         return self.stage_dir / "best"
@@ -178,8 +178,10 @@ class StageRunner:
             self.acc.set_trigger()
         if self.acc.check_trigger():
             path = self.save(mid_epoch=True)
+            if self.acc.is_main_process and self.preempt_file is not None:
+                self.preempt_file.unlink(missing_ok=True)  # the request is served: a resume must not stop again
             self.acc.print(f"[{self.spec.prefix}] preemption requested: saved {path}, exiting for requeue")
-            self.acc.end_training()
+            finish_stage_trackers(self.acc)
             raise Preempted(str(path))
 
     def end_epoch(self, epoch: int) -> None:

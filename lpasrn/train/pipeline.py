@@ -147,9 +147,6 @@ def run_stages(cfg: Config, specs: list[StageSpec], resume: str | None, accelera
     config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     preempt = os.environ.get("LPASRN_PREEMPT_FILE")
     preempt_file = Path(preempt) if preempt else run_dir / "PREEMPT"
-    if accelerator.is_main_process and preempt_file.exists():
-        preempt_file.unlink()  # a mark left by the job that was preempted, not a new request
-    accelerator.wait_for_everyone()
     init = previous_export(cfg, specs[0])
     export = None
     for spec in specs:

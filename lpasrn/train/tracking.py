@@ -56,6 +56,14 @@ def start_stage_trackers(accelerator, cfg, run_dir: Path, stage_prefix: str, con
     accelerator.init_trackers(cfg.tracking.wandb_project)
 
 
+def finish_stage_trackers(accelerator) -> None:
+    """Close this stage's TensorBoard writer and W&B run. Not accelerator.end_training(): that also
+    destroys the process group, which the next stage still needs. # NOTE: call on all ranks."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     spec = importlib.util.find_spec("fontpkg_roboto_mono")
     if spec is not None and spec.submodule_search_locations:

@@ -51,10 +51,12 @@ def run_train(args) -> int:
         export = run_stages(cfg, specs, args.resume, accelerator)
     except Preempted as done:
         accelerator.print(f"lpasrn: preempted; checkpoint {done}; requeue and resume with --resume auto")
+        accelerator.end_training()
         return 0
     accelerator.print(f"lpasrn: finished in {time.time() - started:.0f} s; best weights in {export}")
     if args.eval:
         evaluate_after_training(cfg, export, accelerator)
+    accelerator.end_training()  # NOTE: all ranks; destroys the process group, so it comes last
     return 0
 
 
