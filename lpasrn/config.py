@@ -119,6 +119,9 @@ class TrainConfig:
     preempt_poll_every: int = field(default=10, metadata=_range(1))
     mixed_precision: str = field(default="auto", metadata=_range(choices=("auto", "no", "bf16", "fp16")))
     max_steps_per_epoch: int = field(default=0, metadata=_range(0))  # 0 = whole split
+    # Each rank writes sha256 fingerprints of its synced statistics per epoch, to check that all
+    # ranks hold the same confusion matrix, miner state and sampling weights.
+    write_fingerprints: bool = False
 
 
 @dataclass

@@ -3,6 +3,7 @@ checkpoint. A stage only declares what differs (stages.py); this file never bran
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lpasrn.dist.sync import state_hash
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
 from lpasrn.train import checkpoint as ckpt
@@ -190,6 +192,8 @@ class StageRunner:
         if self.stage_cfg.update_confusion:
             self.objective.class_weights = self.stats.class_weights()
         self.train_batches.after_epoch(epoch)
+        if self.cfg.train.write_fingerprints:
+            self.write_fingerprint(epoch)
         metrics = validate(self, val_batches(self.cfg, self.acc))
         self.state.epoch = epoch + 1
         self.acc.log({f"{self.spec.prefix}/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
@@ -198,6 +202,15 @@ class StageRunner:
         last = self.state.epoch == self.stage_cfg.epochs
         if last or self.state.epoch % self.cfg.train.checkpoint_every_epochs == 0:
             self.save(mid_epoch=False)
+
+    def write_fingerprint(self, epoch: int) -> None:
+        """Hashes of the synced statistics as this rank holds them (`fingerprints/epoch-E.rank-R.json`)."""
+        state, tensors = self.state_dict()
+        hashes = {name: state_hash(value) for name, value in sorted(tensors.items())}
+        out = self.stage_dir / "fingerprints" / f"epoch-{epoch + 1:04d}.rank-{self.acc.process_index}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"distributed_type": str(self.acc.distributed_type),
+                                   "num_processes": self.acc.num_processes, "hashes": hashes}, indent=1))
 
     def maybe_export_best(self, metrics: dict) -> None:
         value = metrics[self.spec.best_metric]
