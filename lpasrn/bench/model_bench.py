@@ -1,0 +1,144 @@
+"""`lpasrn bench model`: training-step throughput of the generator (and the OCR) on this machine.
+
+One step = forward, L1 loss, backward, Adam update, on random LR 16x48 / HR 32x96 batches (data
+loading is benchmarked separately). Reports samples/s, FLOPs per sample (FlopCounterMode plus
+grid_sample, see lpasrn.models.flops), achieved FLOP/s, and a dense fp32 matmul's FLOP/s measured in
+the same run before and after the model, so contention from other processes shows in the numbers.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lpasrn.models.flops import model_flops_per_sample
+from lpasrn.models.generator_arch import GENERATOR_PRESETS, build_generator
+from lpasrn.plates import HR_SIZE, LR_SIZE
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 10) -> float:
+    """Dense fp32 matmul FLOP/s (best of `repeats`): the machine's practical peak right now."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def time_training_steps(model: torch.nn.Module, make_loss, batch: int, steps: int, warmup: int = 2) -> dict:
+    """Samples per second of Adam steps minimising make_loss(model), after `warmup` steps.
+
+    'median' uses the median step time (robust to other processes stealing the shared cores for a
+    while), 'mean' the total time of all `steps` steps.
+    """
+    # fused Adam: one kernel for all parameters instead of ~10 small ops per parameter tensor.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        make_loss(model).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    step_times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        step_times.append(time.perf_counter() - start)
+    return {"median": batch / statistics.median(step_times), "mean": batch * steps / sum(step_times)}
+
+
+def generator_overrides(args) -> dict:
+    overrides = {}
+    if args.channels is not None:
+        overrides["num_channels"] = args.channels
+        overrides["growth"] = args.growth or args.channels // 2
+    elif args.growth is not None:
+        overrides["growth"] = args.growth
+    if args.blocks is not None:
+        overrides["num_blocks"] = args.blocks
+    return overrides
+
+
+def bench_generator(preset: str, overrides: dict, batch: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_generator(preset, use_dcnv4=False, use_character_attention=True, **overrides)
+    lr, hr = torch.rand(batch, 3, *LR_SIZE), torch.rand(batch, 3, *(s for s in HR_SIZE))
+    flops = model_flops_per_sample(model, lr, train=True)
+    rates = time_training_steps(model, lambda m: F.l1_loss(m(lr), hr), batch, steps)
+    samples_per_s = rates["median"]
+    return {"preset": preset, "overrides": overrides, "params": sum(p.numel() for p in model.parameters()),
+            "samples_per_s": samples_per_s, "samples_per_s_mean": rates["mean"], "train_flops_per_sample": flops["total"], "flops_by_op": flops,
+            "achieved_flops_per_s": samples_per_s * flops["total"]}
+
+
+def bench_ocr(preset: str, batch: int, steps: int) -> dict | None:
+    """OCR training-step throughput on HR images with a CTC loss, or None if the OCR is missing."""
+    try:
+        from lpasrn.models.ocr_arch import SimpleCRNN, ctc_loss
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = SimpleCRNN(preset)
+    hr = torch.rand(batch, 3, *HR_SIZE)
+    texts = ["ABC1D23"] * batch
+    flops = model_flops_per_sample(model, hr, train=True)
+    rates = time_training_steps(model, lambda m: ctc_loss(m(hr), texts), batch, steps)
+    samples_per_s = rates["median"]
+    return {"preset": preset, "params": sum(p.numel() for p in model.parameters()),
+            "samples_per_s": samples_per_s, "samples_per_s_mean": rates["mean"], "train_flops_per_sample": flops["total"],
+            "achieved_flops_per_s": samples_per_s * flops["total"]}
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    matmul_before = matmul_flops_per_second()
+    generator = bench_generator(args.preset, generator_overrides(args), args.batch, args.steps)
+    ocr = None if args.no_ocr else bench_ocr(args.ocr_preset, args.batch, args.steps)
+    matmul_after = matmul_flops_per_second()
+    matmul = (matmul_before + matmul_after) / 2
+    result = {"threads": args.threads, "batch": args.batch, "steps": args.steps, "torch": torch.__version__,
+              "matmul_flops_per_s_before": matmul_before, "matmul_flops_per_s_after": matmul_after,
+              "generator": generator, "ocr": ocr,
+              "generator_fraction_of_matmul": generator["achieved_flops_per_s"] / matmul}
+    shape = {**GENERATOR_PRESETS[args.preset], **generator["overrides"]}
+    print(f"generator {args.preset} {shape}: {generator['params'] / 1e6:.3f} M params, "
+          f"{generator['train_flops_per_sample'] / 1e9:.2f} train GFLOP/sample, "
+          f"{generator['samples_per_s']:.1f} samples/s (median step; mean {generator['samples_per_s_mean']:.1f}), "
+          f"{generator['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s "
+          f"({100 * result['generator_fraction_of_matmul']:.0f}% of matmul)")
+    if ocr is not None:
+        print(f"ocr {ocr['preset']}: {ocr['params'] / 1e6:.3f} M params, {ocr['samples_per_s']:.1f} samples/s, "
+              f"{ocr['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    else:
+        print("ocr: skipped" if args.no_ocr else "ocr: lpasrn.models.ocr_arch not available")
+    print(f"dense fp32 matmul: {matmul_before / 1e9:.1f} GFLOP/s before, {matmul_after / 1e9:.1f} after "
+          f"({args.threads} threads)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("model", help="generator/OCR training-step throughput on this CPU",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(GENERATOR_PRESETS))
+    parser.add_argument("--channels", type=int, help="override the preset's channels")
+    parser.add_argument("--blocks", type=int, help="override the preset's number of RRDB-EA blocks")
+    parser.add_argument("--growth", type=int, help="dense growth (default: channels / 2 with --channels)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (DESIGN.md: 2)")
+    parser.add_argument("--ocr-preset", default="small")
+    parser.add_argument("--no-ocr", action="store_true", help="benchmark the generator only")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.set_defaults(func=run)
