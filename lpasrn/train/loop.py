@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,18 +116,32 @@ class StageRunner:
         total = min(len(batches), limit) if limit else len(batches)
         bar = tqdm(total=total, initial=skip, desc=f"{self.spec.prefix} epoch {epoch + 1}/{self.stage_cfg.epochs}",
                    disable=not self.acc.is_local_main_process, leave=False)
+        started, samples = time.perf_counter(), 0
         for index, batch in enumerate(batches):
             if limit and index >= limit:
                 break
             if index < skip:  # mid-epoch resume: the order is a function of (seed, epoch), so skip
                 continue
             self.train_step(batch)
+            samples += batch["hr"].shape[0]
             self.state.step_in_epoch = index + 1
             bar.update(1)
             if (index + 1) % self.cfg.train.preempt_poll_every == 0:
                 self.check_preemption()
         bar.close()
         self.state.step_in_epoch = 0
+        self.record_throughput(epoch, samples, time.perf_counter() - started)
+
+    def record_throughput(self, epoch: int, samples: int, seconds: float) -> None:
+        """Training samples/s of this epoch over all ranks (data wait included): logged and kept in
+        `throughput.jsonl` beside the checkpoints, which `lpasrn bench dist` reads."""
+        rate = samples * self.acc.num_processes / max(seconds, 1e-9)
+        self.acc.log({f"{self.spec.prefix}/train_samples_per_s": rate}, step=self.state.global_step)
+        if self.acc.is_main_process:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.stage_dir / "throughput.jsonl", "a") as out:
+                out.write(json.dumps({"epoch": epoch + 1, "processes": self.acc.num_processes,
+                                      "samples_per_s": rate, "seconds": seconds}) + "\n")
 
     def train_step(self, batch: dict) -> None:
         batch = _to_device(batch, self.acc.device)
