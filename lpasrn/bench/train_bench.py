@@ -1,0 +1,112 @@
+"""`lpasrn bench train`: per stage, training samples/s of the runner's own step (model forward
+through LPASRN, the stage's losses, backward, fused AdamW), FLOPs/sample, achieved FLOP/s against
+a dense matmul measured in the same run (model-FLOPs utilisation), and the stream reader's
+samples/s against what training consumes.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lpasrn.bench.model_bench import matmul_flops_per_second
+from lpasrn.config import load_config
+from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
+from lpasrn.models.flops import count_flops
+from lpasrn.train.objective import StageObjective, outputs_needed
+from lpasrn.train.pipeline import build_lpasrn
+from lpasrn.train.stages import STAGES, trainable_parts
+
+
+def _stage_step(cfg, spec, batch: dict):
+    """A closure running one training step of `spec` exactly as the runner composes it."""
+    stage_cfg = getattr(cfg.stages, spec.name)
+    model = build_lpasrn(cfg)
+    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
+    model.train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, fused=True)
+    objective = StageObjective(stage_cfg.loss_components, cfg.loss)
+    want = outputs_needed(stage_cfg.loss_components)
+    if stage_cfg.update_confusion and spec.uses_generator:
+        want |= {"sr", "ocr_sr"}
+    want = tuple(sorted(want))
+
+    def forward_backward():
+        out = model(lr=batch["lr"], hr=batch["hr"], outputs=want)
+        loss, _ = objective(out, batch)
+        loss.backward()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward()
+        optimizer.step()
+
+    return step, forward_backward
+
+
+def bench_stage(cfg, spec, batch: dict, steps: int) -> dict:
+    step, forward_backward = _stage_step(cfg, spec, batch)
+    size = batch["hr"].shape[0]
+    flops = count_flops(forward_backward)["total"] // size
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    rate = size / statistics.median(times)
+    return {"samples_per_s": rate, "train_flops_per_sample": flops, "achieved_flops_per_s": rate * flops}
+
+
+def reader_rate(data_dir: str, batch_size: int, samples: int) -> float:
+    reader = StreamReader(data_dir, "train", batch_size, mode="resampled",
+                          batches_per_epoch=max(1, samples // batch_size))
+    start, seen = time.perf_counter(), 0
+    for batch in reader:
+        seen += batch["hr"].shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    dataset = IndexedPlateDataset(cfg.data.dir, "train")
+    batch = collate([dataset[i % len(dataset)] for i in range(args.batch or cfg.data.batch_size)])
+    peak_before = matmul_flops_per_second()
+    results = {"config": args.config, "batch": batch["hr"].shape[0], "threads": args.threads, "stages": {}}
+    for spec in STAGES:
+        if str(spec.index) not in args.stages.split(","):
+            continue
+        row = bench_stage(cfg, spec, batch, args.steps)
+        results["stages"][spec.prefix] = row
+    peak = max(peak_before, matmul_flops_per_second())
+    results["matmul_flops_per_s"] = peak
+    results["reader_samples_per_s"] = reader_rate(cfg.data.dir, cfg.data.batch_size, args.reader_samples)
+    print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s; stream reader: {results['reader_samples_per_s']:.0f} samples/s "
+          f"(1 process, no workers)")
+    print(f"{'stage':<20} {'samples/s':>10} {'train GFLOP/sample':>19} {'GFLOP/s':>8} {'MFU':>6} {'reader/train':>12}")
+    for name, row in results["stages"].items():
+        row["mfu"] = row["achieved_flops_per_s"] / peak
+        row["reader_over_train"] = results["reader_samples_per_s"] / row["samples_per_s"]
+        print(f"{name:<20} {row['samples_per_s']:>10.1f} {row['train_flops_per_sample'] / 1e9:>19.3f} "
+              f"{row['achieved_flops_per_s'] / 1e9:>8.1f} {row['mfu']:>6.1%} {row['reader_over_train']:>12.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="training samples/s, FLOPs/sample and MFU per stage")
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--stages", default="0,1,2,3,4", help="comma-separated stage indices")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per stage (median is reported)")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (default: data.batch_size)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reader-samples", type=int, default=2000)
+    parser.add_argument("--json", default=None)
+    parser.set_defaults(func=run)
