@@ -7,7 +7,7 @@ from PIL import Image
 
 from fixtures_formats import truncate_file, write_folder_source, write_ufpr_source
 from lpasrn.cli import main
-from lpasrn.data.inspect_cli import sheet_font
+from lpasrn.fonts import mono_font
 
 
 def imported_folder_dataset(tmp_path, capsys):
@@ -65,7 +65,7 @@ def test_inspect_writes_contact_sheet(tmp_path, capsys):
         # 3 split headers (28) and 3 + 1 + 1 rows of 64 + 8, plus the top margin
         assert (width, height) == (8 * 4 + 192 * 2 + 220, 8 + 3 * 28 + 5 * 72)
         assert pixels.getpixel((8 + 192 + 8 + 96, 8 + 28 + 32)) != (255, 255, 255)  # an HR cell
-    assert sheet_font().getbbox("ABC1234")[2] > 0
+    assert mono_font(22).getbbox("ABC1234")[2] > 0
 
 
 def test_inspect_missing_dataset_is_one_line(tmp_path, capsys):

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from lpasrn.data.readers import IndexedPlateDataset
 from lpasrn.data.shards import load_manifest
+from lpasrn.fonts import mono_font
 from lpasrn.plates import HR_SIZE
 
 REJECTED_CSV = "rejected.csv"
@@ -98,16 +98,6 @@ def format_report(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def sheet_font(size: int = 22) -> ImageFont.ImageFont:
-    """Roboto Mono from its pip package (a fresh machine has it); PIL's default font otherwise."""
-    spec = importlib.util.find_spec("fontpkg_roboto_mono")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "files" / "RobotoMono[wght].ttf"
-        if path.is_file():
-            return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default()
-
-
 def tensor_to_image(tensor) -> Image.Image:
     array = (tensor.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(array, "RGB")
@@ -126,7 +116,7 @@ def write_sheet(data_dir: Path, splits: list[str], out: Path, per_split: int) ->
     width = MARGIN * 4 + cell_w * 2 + TEXT_WIDTH
     height = MARGIN + sum(HEADER + len(samples) * (cell_h + MARGIN) for samples in picks.values())
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(sheet), sheet_font()
+    draw, font = ImageDraw.Draw(sheet), mono_font(22)
     y = MARGIN
     for split, samples in picks.items():
         draw.text((MARGIN, y), f"{split} ({len(samples)} shown)  LR | HR | text", fill=(0, 0, 0), font=font)

@@ -12,16 +12,15 @@ one (a truth character the OCR missed) in column 36. Pairs come from `align_stri
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from lpasrn.dist.sync import all_reduce_sum_
 from lpasrn.eval.metrics import align_strings
+from lpasrn.fonts import mono_font
 from lpasrn.losses.lcofl import class_weights_from_confusion
 from lpasrn.plates import CHARSET
 
@@ -128,7 +127,7 @@ class CharacterConfusionTracker:
         margin = cell + 4
         image = Image.new("RGB", (margin + size * cell, margin + size * cell), (255, 255, 255))
         draw = ImageDraw.Draw(image)
-        font = _label_font(max(8, cell - 3))
+        font = mono_font(max(8, cell - 3))
         for row in range(size):
             for col in range(size):
                 fade = int(round(255 * (1.0 - rates[row, col])))
@@ -143,11 +142,3 @@ class CharacterConfusionTracker:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
-def _label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Roboto Mono from the pip-installed fontpkg (a project dependency); PIL's bundled font otherwise."""
-    spec = importlib.util.find_spec("fontpkg_roboto_mono")
-    if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "files" / "RobotoMono[wght].ttf"
-        if path.is_file():
-            return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default(size)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from lpasrn.fonts import mono_font
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,6 @@ def finish_stage_trackers(accelerator) -> None:
     accelerator.trackers = []
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    spec = importlib.util.find_spec("fontpkg_roboto_mono")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "files" / "RobotoMono[wght].ttf"
-        if path.is_file():
-            return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default()
-
-
 def _to_pil(img: torch.Tensor, size: tuple[int, int]) -> Image.Image:
     array = (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(array).resize(size, Image.NEAREST)
@@ -85,7 +78,7 @@ def plate_grid(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, texts: list
     caption_h, gap = 18, 4
     rows = len(texts)
     canvas = Image.new("RGB", (3 * w + 4 * gap, rows * (h + caption_h + gap) + gap), (255, 255, 255))
-    draw, font = ImageDraw.Draw(canvas), _font(13)
+    draw, font = ImageDraw.Draw(canvas), mono_font(13)
     for i in range(rows):
         top = gap + i * (h + caption_h + gap)
         for col, img in enumerate((lr[i], sr[i], hr[i])):
