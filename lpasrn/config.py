@@ -162,6 +162,11 @@ def _check_scalar(value, hint, key: str, source: str):
             _fail(source, key, f"expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                _fail(source, key, f"expected a number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(source, key, f"expected a number, got {value!r}")
         return float(value)

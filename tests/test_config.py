@@ -16,10 +16,12 @@ def test_paper_and_quickstart_configs_load(tmp_path):
 
 def test_set_overrides_parse_yaml_values():
     cfg = load_config("configs/quickstart.yaml", ["stages.lcofl.epochs=7", "model.msca_scales=[1.0, 0.5]",
-                                                  "model.use_dcnv4=false", "loss.lambda_embed=0.5"])
+                                                  "model.use_dcnv4=false", "loss.lambda_embed=0.5",
+                                                  "stages.pretrain.lr=3e-3"])
     assert cfg.stages.lcofl.epochs == 7
     assert cfg.model.msca_scales == [1.0, 0.5]
     assert cfg.model.use_dcnv4 is False and cfg.loss.lambda_embed == 0.5
+    assert cfg.stages.pretrain.lr == 3e-3  # YAML reads 3e-3 as a string; a float field takes it
 
 
 def test_unknown_key_names_key_file_and_suggestion(tmp_path):
@@ -34,6 +36,7 @@ def test_unknown_key_names_key_file_and_suggestion(tmp_path):
 @pytest.mark.parametrize("override, fragment", [
     ("data.batch_size=0", "below the minimum 1"),
     ("data.batch_size=abc", "expected an integer"),
+    ("stages.lcofl.lr=fast", "expected a number"),
     ("model.use_dcnv4=3", "expected true/false"),
     ("model.generator_preset=huge", "not one of"),
     ("stages.lcofl.loss_components=[l1, lcoful]", "did you mean 'lcofl'"),

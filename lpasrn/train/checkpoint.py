@@ -34,10 +34,9 @@ def checkpoint_name(epoch: int, step_in_epoch: int | None = None) -> str:
 
 
 def _order_key(path: Path) -> tuple[int, int]:
+    """(finished epochs, steps into the next epoch): `epoch-0001-step-000005` is newer than `epoch-0001`."""
     match = _NAME_RE.match(path.name)
-    epoch, step = int(match.group(1)), int(match.group(2) or 0)
-    # An end-of-epoch checkpoint (no step) comes after every mid-epoch one of the same epoch count.
-    return (epoch, step) if match.group(2) else (epoch, 1 << 60)
+    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def _write_trainer_state(path: Path, state: dict, tensors: dict[str, torch.Tensor]) -> None:

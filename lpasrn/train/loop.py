@@ -72,6 +72,9 @@ class StageRunner:
         saved, tensors = ckpt.read_trainer_state(path)
         if saved.get("stage") != self.spec.name:
             raise LpasrnError(f"checkpoint {path} belongs to stage {saved.get('stage')!r}, not {self.spec.name!r}")
+        weights = path / ckpt.EXPORT_WEIGHTS  # DDP/single-process layout; DeepSpeed keeps its own
+        if weights.is_file():
+            ckpt.check_weights_match(self.acc.unwrap_model(self.model), weights)
         self.acc.load_state(str(path))
         self.state = LoopState(**saved["loop"])
         self.stats.load_tensors(tensors)
