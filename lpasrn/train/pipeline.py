@@ -40,6 +40,9 @@ def make_accelerator(cfg: Config):
         # size must be filled in here, once, from the config.
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         plugin.deepspeed_config.setdefault("gradient_accumulation_steps", 1)
+        # DeepSpeed clips inside its own step (accelerator.clip_grad_norm_ does nothing there).
+        if plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            plugin.deepspeed_config["gradient_clipping"] = cfg.train.grad_clip
     return accelerator
 
 
