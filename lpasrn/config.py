@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,22 @@ from typing import Any
 import yaml
 
 from lpasrn.errors import LpasrnError
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `wandb: off` or `--set x=no` stay strings."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 def _range(lo=None, hi=None, choices=None):
@@ -240,7 +257,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise LpasrnError(f"--set {text!r}: expected KEY=VALUE, e.g. --set stages.lcofl.epochs=5")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), _load_yaml(value)
 
 
 def _apply_override(raw: dict, path: list[str], value) -> None:
@@ -262,7 +279,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not path.is_file():
             raise LpasrnError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise LpasrnError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):

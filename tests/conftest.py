@@ -46,7 +46,7 @@ stages:
   finetune: {{epochs: 1, lr: 1.0e-4, loss_components: [l1, lcofl, ctc_hr], freeze_ocr: false, update_confusion: true}}
   hard_mining: {{epochs: 2, lr: 1.0e-4, loss_components: [l1, lcofl, embedding], update_confusion: true}}
 train: {{log_every: 1, image_every: 2}}
-tracking: {{wandb: "off", num_image_samples: 4}}
+tracking: {{wandb: off, num_image_samples: 4}}
 {extra}
 """)
     return str(path)

@@ -22,6 +22,7 @@ def test_set_overrides_parse_yaml_values():
     assert cfg.model.msca_scales == [1.0, 0.5]
     assert cfg.model.use_dcnv4 is False and cfg.loss.lambda_embed == 0.5
     assert cfg.stages.pretrain.lr == 3e-3  # YAML reads 3e-3 as a string; a float field takes it
+    assert load_config(None, ["tracking.wandb=off"]).tracking.wandb == "off"  # YAML 1.2: not a boolean
 
 
 def test_unknown_key_names_key_file_and_suggestion(tmp_path):

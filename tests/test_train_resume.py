@@ -1,5 +1,6 @@
 """Hand-off between stages, resume equivalence (end of epoch and mid-epoch preemption), and the
 runner's bad-input messages. Runs the real runner in-process on tiny shards."""
+import json
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,24 @@ def test_existing_checkpoints_need_resume(stage01, tiny_dataset, tmp_path, capsy
     config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, run_dir)
     assert run(config, "--stage", "1") == 2
     assert "pass --resume auto" in capsys.readouterr().err
+
+
+def test_corrupt_training_sample_is_counted_and_reported(stage01, tiny_dataset, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    split = json.loads((data / "manifest.json").read_text())["splits"]["train"]
+    keys = []
+    for sid in (5, 21, 37):  # one per shard: the resampled stream draws shards, so some are met
+        shard = split["shards"][split["members"]["shard"][sid]]["name"]
+        offset, size = split["members"]["hr_offset"][sid], split["members"]["hr_size"][sid]
+        with open(data / shard, "r+b") as f:  # garbage in place of the HR png, same size
+            f.seek(offset)
+            f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))
+        keys.append(f"{shard}:train-{sid:08d}")
+    run_dir = copy_run(stage01, tmp_path)
+    config = write_tiny_config(tmp_path / "cfg.yaml", data, run_dir)
+    assert run(config, "--stage", "1") == 0  # the run goes on...
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "corrupt training sample(s) skipped" in line)
+    count = int(line.split(": ")[1].split()[0])  # ...and says how many, naming each by shard and key
+    assert count >= 1 and sum(line.count(key) for key in keys) == count

@@ -105,6 +105,7 @@ class StageRunner:
                 self.train_epoch(epoch)
                 self.end_epoch(epoch)
             self.log_grid()
+            self.report_read_errors()
         finally:
             finish_stage_trackers(self.acc)
         if not (self.stage_dir / "best" / ckpt.EXPORT_WEIGHTS).is_file():
@@ -192,6 +193,16 @@ class StageRunner:
         values[f"{self.spec.prefix}/nonfinite_skipped"] = float(self.state.nonfinite_total)
         self.acc.log(values, step=self.state.global_step)
 
+    def report_read_errors(self) -> None:
+        """Corrupt training samples were skipped as they were met (each logged with shard and key);
+        the stage ends by counting them, so none goes unnoticed."""
+        errors = self.train_batches.read_errors
+        if errors is not None and errors.count:
+            shown = "; ".join(errors.items[:10]) + (" ..." if errors.count > 10 else "")
+            print(f"[{self.spec.prefix}] rank {self.acc.process_index}: {errors.count} corrupt training "
+                  f"sample(s) skipped: {shown}", flush=True)
+            self.acc.log({f"{self.spec.prefix}/corrupt_samples": float(errors.count)}, step=self.state.global_step)
+
     def check_preemption(self) -> None:
         """# NOTE: call on all ranks at the same step: check_trigger is an all-reduce."""
         if self.preempt_file is not None and self.preempt_file.exists():
@@ -216,7 +227,10 @@ class StageRunner:
         self.state.epoch = epoch + 1
         self.acc.log({f"{self.spec.prefix}/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
         self.stats.log(self.state.global_step)
-        self.maybe_export_best(metrics)
+        improved = self.maybe_export_best(metrics)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self.acc.print(f"[{self.spec.prefix}] epoch {self.state.epoch}/{self.stage_cfg.epochs}: {shown}"
+                       + (f"  (best {self.spec.best_metric})" if improved else ""))
         last = self.state.epoch == self.stage_cfg.epochs
         if last or self.state.epoch % self.cfg.train.checkpoint_every_epochs == 0:
             self.save(mid_epoch=False)
@@ -230,7 +244,7 @@ class StageRunner:
         out.write_text(json.dumps({"distributed_type": str(self.acc.distributed_type),
                                    "num_processes": self.acc.num_processes, "hashes": hashes}, indent=1))
 
-    def maybe_export_best(self, metrics: dict) -> None:
+    def maybe_export_best(self, metrics: dict) -> bool:
         value = metrics[self.spec.best_metric]
         best = self.state.best_value
         better = best is None or (value < best if self.spec.best_mode == "min" else value > best)
@@ -241,6 +255,7 @@ class StageRunner:
                 record = {"epoch": self.state.epoch, "metric": self.spec.best_metric, **metrics}
                 ckpt.export_weights(state_dict, self.stage_dir / "best", self.config_text, record)
         self.acc.wait_for_everyone()
+        return better
 
     def log_grid(self) -> None:
         if not self.acc.is_main_process or not self.grid_samples:
