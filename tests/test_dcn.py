@@ -148,3 +148,26 @@ def test_invalid_construction_is_rejected():
         DeformConv2d(8, 8, kernel_size=3, padding=0)
     with torch.no_grad():
         assert math.isfinite(float(DeformConv2d(8, 8)(torch.randn(1, 8, 4, 4)).sum()))
+
+
+def test_dcnv3_without_bias_and_layout_of_the_output():
+    # bias=None takes the plain bmm branch (no baddbmm); a channels_last input gives a channels_last output.
+    x, offsets, masks, weight, _ = random_case(offset_scale=1.0, seed=3)
+    expected = deform_conv_reference(x, offsets, masks, weight, None, padding=1, groups=GROUPS)
+    torch.testing.assert_close(deform_conv_dcnv3(x, offsets, masks, weight, None, 1, GROUPS), expected,
+                               atol=1e-5, rtol=0)
+    out = deform_conv_dcnv3(x.contiguous(memory_format=torch.channels_last), offsets, masks, weight, None, 1, GROUPS)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_offsets_and_masks_split_the_predictor_output():
+    torch.manual_seed(0)
+    layer = DeformConv2d(8, 8, groups=2, use_dcnv4=False)
+    torch.nn.init.normal_(layer.conv_offset_mask.weight)
+    x = torch.randn(1, 8, 4, 6)
+    offsets, masks = layer.offsets_and_masks(x)
+    predicted = layer.conv_offset_mask(layer.offset_dw(x))
+    assert offsets.shape == (1, 2 * 2 * TAPS, 4, 6) and masks.shape == (1, 2 * TAPS, 4, 6)
+    torch.testing.assert_close(offsets, predicted[:, :2 * 2 * TAPS])
+    torch.testing.assert_close(masks, 2 * torch.sigmoid(predicted[:, 2 * 2 * TAPS:]))

@@ -107,3 +107,12 @@ def test_state_dict_moves_between_dcn_paths():
     lr = torch.rand(1, 3, 16, 48)
     with torch.no_grad():
         torch.testing.assert_close(source(lr), target(lr))
+
+
+@pytest.mark.parametrize("channels,blocks,reference_params", [(32, 4, 0.72e6), (64, 16, 5.7e6)])
+def test_small_structure_is_sized_like_the_reference(channels, blocks, reference_params):
+    # DESIGN.md section 8 compares samples/s at the same channels x blocks as a public
+    # reimplementation; the small preset's dense structure keeps params within 25% of it there.
+    model = build_generator("small", num_channels=channels, num_blocks=blocks)
+    assert abs(param_count(model) / reference_params - 1) < 0.25
+    assert len(model.trunk[0].dense_blocks) == GENERATOR_PRESETS["small"]["dense_blocks_per_block"]
