@@ -37,6 +37,9 @@ def run_train(args) -> int:
     from lpasrn.train.pipeline import make_accelerator, run_stages
     from lpasrn.train.stages import parse_stage_arg
 
+    # Line-buffered stdout: epoch summaries reach SLURM logs and pipes as they happen.
+    if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not pytest's capture)
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.debug:
