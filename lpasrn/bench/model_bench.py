@@ -32,22 +32,13 @@ def matmul_flops_per_second(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size ** 3 / best
 
 
-def time_training_steps(model: torch.nn.Module, make_loss, batch: int, steps: int, warmup: int = 2) -> dict:
-    """Samples per second of Adam steps minimising make_loss(model), after `warmup` steps.
+def time_steps(step, batch: int, steps: int, warmup: int = 2) -> dict:
+    """Samples per second of `step()` (one training step on `batch` samples), after `warmup` steps.
 
     'median' uses the median step time (robust to other processes stealing the shared cores for a
     while), 'mean' the total time of all `steps` steps, 'best' the fastest step (the least disturbed
     one when other processes hold the cores for most of the run).
     """
-    # fused Adam: one kernel for all parameters instead of ~10 small ops per parameter tensor.
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    model.train()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        make_loss(model).backward()
-        optimizer.step()
-
     for _ in range(warmup):
         step()
     step_times = []
@@ -57,6 +48,20 @@ def time_training_steps(model: torch.nn.Module, make_loss, batch: int, steps: in
         step_times.append(time.perf_counter() - start)
     return {"median": batch / statistics.median(step_times), "mean": batch * steps / sum(step_times),
             "best": batch / min(step_times)}
+
+
+def time_training_steps(model: torch.nn.Module, make_loss, batch: int, steps: int, warmup: int = 2) -> dict:
+    """`time_steps` of Adam steps minimising make_loss(model)."""
+    # fused Adam: one kernel for all parameters instead of ~10 small ops per parameter tensor.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        make_loss(model).backward()
+        optimizer.step()
+
+    return time_steps(step, batch, steps, warmup)
 
 
 def generator_overrides(args) -> dict:

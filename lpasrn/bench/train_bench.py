@@ -6,13 +6,12 @@ samples/s against what training consumes.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from lpasrn.bench.model_bench import matmul_flops_per_second
+from lpasrn.bench.model_bench import matmul_flops_per_second, time_steps
 from lpasrn.config import load_config
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
 from lpasrn.models.flops import count_flops
@@ -51,14 +50,7 @@ def bench_stage(cfg, spec, batch: dict, steps: int) -> dict:
     step, forward_backward = _stage_step(cfg, spec, batch)
     size = batch["hr"].shape[0]
     flops = count_flops(forward_backward)["total"] // size
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    rate = size / statistics.median(times)
+    rate = time_steps(step, size, steps)["median"]
     return {"samples_per_s": rate, "train_flops_per_sample": flops, "achieved_flops_per_s": rate * flops}
 
 
