@@ -63,20 +63,22 @@ def run_train(args) -> int:
     return 0
 
 
-def evaluate_after_training(cfg, export: Path, accelerator) -> dict:
-    """Print and save (run_dir/eval.json) the LR-bicubic | SR | HR table on the test split."""
-    from lpasrn.eval.compare import compare_readings, format_table
-    from lpasrn.train.checkpoint import EXPORT_WEIGHTS, check_weights_match
-    from lpasrn.train.pipeline import build_lpasrn
+def evaluate_after_training(cfg, export: Path, accelerator) -> dict | None:
+    """Print and save (run_dir/eval.json) the LR-bicubic | SR | HR table on the test split, using the
+    same per-sample evaluation as `lpasrn evaluate`. # NOTE: call on all ranks (the gather is collective)."""
+    from lpasrn.eval.evaluate import VARIANTS, evaluate
 
-    model = build_lpasrn(cfg)
-    model.load_state_dict(check_weights_match(model, export / EXPORT_WEIGHTS))
-    model.to(accelerator.device)
-    result = compare_readings(model, cfg.data.dir, "test", cfg.data.batch_size, accelerator, cfg.data.num_workers)
-    if accelerator.is_main_process:
-        out = Path(cfg.run_dir) / "eval.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"\nOCR on the test split ({cfg.data.dir}):\n{format_table(result)}\nwritten to {out}")
+    evaluated = evaluate(export, Path(cfg.data.dir), "test", cfg.data.batch_size, accelerator, cfg.data.num_workers)
+    if evaluated is None:  # not the main process
+        return None
+    summary = evaluated[0]
+    result = {name: {"word_acc": summary[name]["recognition_rate"], "char_acc": summary[name]["char_acc"],
+                     "count": int(summary[name]["count"])} for name in VARIANTS}
+    out = Path(cfg.run_dir) / "eval.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    table = [f"{'input':<12} {'word_acc':>9} {'char_acc':>9} {'plates':>7}"]
+    table += [f"{name:<12} {row['word_acc']:>9.4f} {row['char_acc']:>9.4f} {row['count']:>7d}" for name, row in result.items()]
+    print(f"\nOCR on the test split ({cfg.data.dir}):\n" + "\n".join(table) + f"\nwritten to {out}")
     return result
 
 
