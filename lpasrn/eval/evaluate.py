@@ -9,7 +9,6 @@ processes (up to float rounding of the model's own outputs under different batch
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,11 +30,11 @@ RECOGNITION_KEYS = ("recognition_rate", "ge6", "ge5", "char_acc", "count")
 
 def make_eval_accelerator():
     """An Accelerator for inference: no mixed precision; gloo when launched on CPU with several ranks."""
-    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate import Accelerator
 
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
-    return Accelerator(mixed_precision="no", kwargs_handlers=handlers)
+    from lpasrn.train.pipeline import process_group_handlers
+
+    return Accelerator(mixed_precision="no", kwargs_handlers=process_group_handlers())
 
 
 @torch.no_grad()

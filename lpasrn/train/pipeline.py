@@ -23,17 +23,23 @@ log = logging.getLogger(__name__)
 DONE_MARKER = "DONE"
 
 
+def process_group_handlers() -> list:
+    """On CPU a multi-process launch (DDP or DeepSpeed) must use gloo; a single process must not ask
+    for any backend, or Accelerate expects a process group that was never started."""
+    from accelerate import InitProcessGroupKwargs
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+
+
 def make_accelerator(cfg: Config):
-    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate import Accelerator
 
     mixed = cfg.train.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # On CPU a multi-process launch (DDP or DeepSpeed) must use gloo; a single process must not ask
-    # for any backend, or Accelerate expects a process group that was never started.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, project_dir=cfg.run_dir)
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=process_group_handlers(),
+                              project_dir=cfg.run_dir)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         # We do not hand dataloaders to prepare (streamed loaders), so DeepSpeed's "auto" batch
