@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpasrn.dist.confusion import GAP_LABEL, CharacterConfusionTracker
+from lpasrn.distributed.confusion import GAP_LABEL, CharacterConfusionTracker
 from lpasrn.plates import CHARSET
 
 GAP = len(CHARSET)

@@ -6,7 +6,7 @@ import torch
 
 from lpasrn.eval.evaluate import source_group, summarize
 from lpasrn.eval.fusion import fuse, highest_confidence, majority_vote, most_frequent
-from lpasrn.eval.metrics import correct_chars, edit_distance, psnr, recognition_summary
+from lpasrn.metrics import correct_chars, edit_distance, psnr, recognition_summary
 from lpasrn.losses.ssim import ssim
 
 

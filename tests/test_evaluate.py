@@ -17,7 +17,7 @@ from lpasrn.cli import main as lpasrn_main
 from lpasrn.data.readers import IndexedPlateDataset
 from lpasrn.eval.fusion import FRAME_COUNTS, RULES, fuse
 from lpasrn.eval.loading import load_exported_model
-from lpasrn.eval.metrics import psnr, recognition_summary
+from lpasrn.metrics import psnr, recognition_summary
 from lpasrn.losses.ssim import ssim
 
 VARIANTS = ("lr_bicubic", "sr", "hr")

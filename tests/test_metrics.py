@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lpasrn.dist.sync import all_reduce_sum_, is_distributed, rank, state_hash, world_size
-from lpasrn.eval.metrics import (
+from lpasrn.distributed.sync import all_reduce_sum_, is_distributed, rank, state_hash, world_size
+from lpasrn.metrics import (
     RecognitionStats, align_strings, char_accuracy, correct_chars, edit_distance, psnr, recognition_summary,
 )
 

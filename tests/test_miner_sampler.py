@@ -4,9 +4,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from lpasrn.dist.miner import HardExampleMiner
-from lpasrn.dist.sampler import CurriculumSampler, epoch_seed
-from lpasrn.dist.sync import state_hash
+from lpasrn.distributed.miner import HardExampleMiner
+from lpasrn.distributed.sampler import CurriculumSampler, epoch_seed
+from lpasrn.distributed.sync import state_hash
 
 
 def make_intervals(num_samples=30, intervals=3, per_interval=60, seed=0):

@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lpasrn.dist.confusion import CharacterConfusionTracker
-from lpasrn.dist.miner import HardExampleMiner
-from lpasrn.dist.sampler import CurriculumSampler
-from lpasrn.dist.sync import all_reduce_sum_, is_distributed, rank, state_hash, world_size
-from lpasrn.eval.metrics import RecognitionStats
+from lpasrn.distributed.confusion import CharacterConfusionTracker
+from lpasrn.distributed.miner import HardExampleMiner
+from lpasrn.distributed.sampler import CurriculumSampler
+from lpasrn.distributed.sync import all_reduce_sum_, is_distributed, rank, state_hash, world_size
+from lpasrn.metrics import RecognitionStats
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 24

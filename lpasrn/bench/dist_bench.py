@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lpasrn.dist.confusion import CharacterConfusionTracker
-from lpasrn.dist.miner import HardExampleMiner
+from lpasrn.distributed.confusion import CharacterConfusionTracker
+from lpasrn.distributed.miner import HardExampleMiner
 
 REPO = Path(__file__).resolve().parents[2]
 SYNC_SIZES = (10_000, 100_000, 1_000_000)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lpasrn.data.readers import StreamReader
 from lpasrn.eval.fusion import FRAME_COUNTS, RULES, fuse
 from lpasrn.eval.loading import load_exported_model
-from lpasrn.eval.metrics import RecognitionStats, psnr
+from lpasrn.metrics import RecognitionStats, psnr
 from lpasrn.losses.ssim import ssim
 from lpasrn.models.ocr_arch import greedy_decode
 

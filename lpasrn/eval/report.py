@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from lpasrn.data.readers import IndexedPlateDataset
-from lpasrn.dist.confusion import CharacterConfusionTracker
+from lpasrn.distributed.confusion import CharacterConfusionTracker
 from lpasrn.eval.evaluate import IMAGE_VARIANTS, VARIANTS
 from lpasrn.eval.fusion import FRAME_COUNTS, RULES
-from lpasrn.eval.metrics import correct_chars
+from lpasrn.metrics import correct_chars
 from lpasrn.train.tracking import plate_grid
 
 METRICS_JSON = "metrics.json"

@@ -11,7 +11,7 @@ import math
 from torch.utils.data import DataLoader
 
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
-from lpasrn.dist.sampler import CurriculumSampler
+from lpasrn.distributed.sampler import CurriculumSampler
 
 
 class TrainBatches:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lpasrn.dist.sync import state_hash
+from lpasrn.distributed.sync import state_hash
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
 from lpasrn.train import checkpoint as ckpt

@@ -11,8 +11,8 @@ import logging
 import torch
 
 from lpasrn.data.shards import load_manifest, split_entry
-from lpasrn.dist.confusion import CharacterConfusionTracker
-from lpasrn.dist.miner import HardExampleMiner
+from lpasrn.distributed.confusion import CharacterConfusionTracker
+from lpasrn.distributed.miner import HardExampleMiner
 from lpasrn.models.ocr_arch import greedy_decode
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lpasrn.eval.metrics import RecognitionStats, psnr
+from lpasrn.metrics import RecognitionStats, psnr
 from lpasrn.losses.ssim import ssim
 from lpasrn.models.ocr_arch import greedy_decode
 from lpasrn.train.data_sources import val_batch_limit

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from lpasrn.dist.sync import all_reduce_sum_
+from lpasrn.distributed.sync import all_reduce_sum_
 
 # Backtrace preference when several optimal alignments exist (see align_strings).
 _DIAGONAL, _DELETE, _INSERT = 0, 1, 2

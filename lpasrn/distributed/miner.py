@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from lpasrn.dist.sync import all_reduce_sum_
-from lpasrn.eval.metrics import correct_chars
+from lpasrn.distributed.sync import all_reduce_sum_
+from lpasrn.metrics import correct_chars
 
 COUNTER_NAMES = ("seen", "words_correct", "chars_correct", "chars_total")
 UNSEEN_DIFFICULTY = 0.5  # difficulty of every sample before any sample has been seen

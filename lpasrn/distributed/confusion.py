@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lpasrn.dist.sync import all_reduce_sum_
-from lpasrn.eval.metrics import align_strings
+from lpasrn.distributed.sync import all_reduce_sum_
+from lpasrn.metrics import align_strings
 from lpasrn.fonts import mono_font
 from lpasrn.losses.lcofl import class_weights_from_confusion
 from lpasrn.plates import CHARSET
