@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from lpasrn.distributed.lifecycle import end_process_group
 from lpasrn.errors import LpasrnError
 
 # (group name, help, modules registering subcommands under it); None = top-level commands.
@@ -39,13 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    status = 1  # an unexpected exception propagates, after the process group is ended
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
     except LpasrnError as err:
         print(f"lpasrn: error: {err}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
-        return 130
+        status = 130
+    finally:
+        end_process_group(success=status == 0)  # NOTE: every rank, every command (see lifecycle.py)
+    return status
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from lpasrn.distributed.lifecycle import end_process_group
 from lpasrn.errors import LpasrnError
 
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -54,13 +55,11 @@ def run_train(args) -> int:
         export = run_stages(cfg, specs, args.resume, accelerator)
     except Preempted as done:
         accelerator.print(f"lpasrn: preempted; checkpoint {done}; requeue and resume with --resume auto")
-        accelerator.end_training()
         return 0
     accelerator.print(f"lpasrn: finished in {time.time() - started:.0f} s; best weights in {export}")
     if args.eval:
         evaluate_after_training(cfg, export, accelerator)
-    accelerator.end_training()  # NOTE: all ranks; destroys the process group, so it comes last
-    return 0
+    return 0  # the caller ends the process group (lpasrn.distributed.lifecycle), on every rank
 
 
 def evaluate_after_training(cfg, export: Path, accelerator) -> dict | None:
@@ -105,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch/run.py", description=__doc__.splitlines()[0])
     add_train_arguments(parser)
     args = parser.parse_args(argv)
+    status = 1  # an unexpected exception propagates, after the process group is ended
     try:
-        return run_train(args)
+        status = run_train(args)
     except LpasrnError as err:
         print(f"lpasrn: error: {err}", file=sys.stderr)
-        return 2
+        status = 2
+    finally:
+        end_process_group(success=status == 0)  # NOTE: every rank (see lifecycle.py)
+    return status
