@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpasrn.models.norm import BatchNorm2d
+
 
 def _full_stage(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -28,7 +30,7 @@ def _separable_stage(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
         nn.Conv2d(in_ch, out_ch, 1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -43,7 +45,7 @@ class SiameseEmbedder(nn.Module):
         self.lightweight = lightweight
         if lightweight:
             # The first stage is a plain conv: a depthwise conv over 3 RGB channels sees too little.
-            stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+            stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), BatchNorm2d(16),
                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
             self.features = nn.Sequential(stem, _separable_stage(16, 32), _separable_stage(32, 64))
             width = 64

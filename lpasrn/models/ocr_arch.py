@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpasrn.models.norm import BatchNorm2d
 from lpasrn.plates import BLANK, CLASS_TO_CHAR, HR_SIZE, NUM_CLASSES, encode
 
 # Pooling after each conv stage: (height, width). Height 32 -> 1, width 96 -> 24.
@@ -29,7 +30,7 @@ NUM_FRAMES = HR_SIZE[1] // 4
 def _conv_stage(in_ch: int, out_ch: int, pool: tuple[int, int]) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=pool, stride=pool),
     )
