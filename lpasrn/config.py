@@ -139,6 +139,11 @@ class TrainConfig:
     # Each rank writes sha256 fingerprints of its synced statistics per epoch, to check that all
     # ranks hold the same confusion matrix, miner state and sampling weights.
     write_fingerprints: bool = False
+    # ZeRO-3 only: parameters smaller than this stay whole on every rank (DeepSpeed's
+    # stage3_param_persistence_threshold; None = the DeepSpeed JSON's value). 0 partitions every
+    # parameter, as the paper preset's large ones are: tests use it so that tiny models exercise
+    # the all-gather in every forward instead of hiding hangs.
+    zero3_param_persistence_threshold: int | None = field(default=None, metadata=_range(0))
 
 
 @dataclass

@@ -2,11 +2,9 @@
 
 Training uses the resampled stream (every rank yields the same number of batches, so no rank waits
 at a gradient all-reduce the others never reach) or, in hard mining, one global weighted draw per
-epoch read through the indexed reader. Validation reads the val split exactly once across ranks.
+epoch read through the indexed reader. Validation and scoring batches are in lockstep.py.
 """
 from __future__ import annotations
-
-import math
 
 from torch.utils.data import DataLoader
 
@@ -51,21 +49,6 @@ class TrainBatches:
     @property
     def read_errors(self):
         return self.stream.read_errors if self.stream is not None else None
-
-
-def val_batches(cfg, accelerator, split: str = "val") -> StreamReader:
-    """Exact-once over ranks; `data.val_limit` caps the samples (per run) for quick runs."""
-    reader = StreamReader(cfg.data.dir, split, cfg.data.batch_size, seed=cfg.seed,
-                          rank=accelerator.process_index, world_size=accelerator.num_processes,
-                          num_workers=cfg.data.num_workers, mode="exact")
-    reader.set_epoch(0)
-    return reader
-
-
-def val_batch_limit(cfg, accelerator) -> int | None:
-    if not cfg.data.val_limit:
-        return None
-    return max(1, math.ceil(cfg.data.val_limit / (cfg.data.batch_size * accelerator.num_processes)))
 
 
 def fixed_val_samples(cfg, count: int) -> dict | None:

@@ -12,11 +12,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.sync import state_hash
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
 from lpasrn.train import checkpoint as ckpt
-from lpasrn.train.data_sources import TrainBatches, fixed_val_samples, val_batches
+from lpasrn.train.data_sources import TrainBatches, fixed_val_samples
+from lpasrn.train.engine import BufferAverager, engine_info, fp32_master_state_dict, model_forward
+from lpasrn.train.lockstep import lockstep_loader
 from lpasrn.train.objective import StageObjective, outputs_needed
 from lpasrn.train.stage_state import StageStatistics
 from lpasrn.train.tracking import finish_stage_trackers, log_plate_grid, plate_grid, start_stage_trackers
@@ -42,7 +45,7 @@ class LoopState:
 
 class StageRunner:
     def __init__(self, spec, cfg, accelerator, model, optimizer, stage_dir: Path, config_text: str,
-                 preempt_file: Path | None):
+                 preempt_file: Path | None, frozen_fp32: dict[str, torch.Tensor]):
         self.spec, self.cfg, self.acc = spec, cfg, accelerator
         self.stage_cfg = getattr(cfg.stages, spec.name)
         self.model, self.optimizer = model, optimizer
@@ -56,7 +59,16 @@ class StageRunner:
         self.stats = StageStatistics(cfg, spec, self.stage_cfg, accelerator, stage_dir)
         self.train_batches = TrainBatches(cfg, spec, self.stage_cfg, accelerator, self.stats)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.engine = engine_info(accelerator, model)
+        accelerator.print(f"[{spec.prefix}] {self.engine.summary}")
+        net = accelerator.unwrap_model(model)
+        self.frozen_fp32 = frozen_fp32
+        self.buffers = BufferAverager(net, net.trainable_parts())
         self.grid_samples = fixed_val_samples(cfg, cfg.tracking.num_image_samples)
+        # A real sample every rank can run in place of a batch that lost all its samples (weight 0).
+        self.stand_in = fixed_val_samples(cfg, 1)
+        self.val_read_errors = ReadErrors()
+        self._datasets: dict[str, IndexedPlateDataset] = {}
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -65,13 +77,14 @@ class StageRunner:
             tensors["class_weights"] = self.objective.class_weights
         if self.train_batches.stream is None:
             tensors["sampling_weights"] = self.train_batches.weights
-        return {"loop": asdict(self.state), "stage": self.spec.name}, tensors
+        return {"loop": asdict(self.state), "stage": self.spec.name, "world_size": self.acc.num_processes}, tensors
 
     def resume_from(self, path: Path) -> None:
         """# NOTE: call on all ranks: load_state restores each rank's own RNG and (ZeRO) shards."""
         saved, tensors = ckpt.read_trainer_state(path)
         if saved.get("stage") != self.spec.name:
             raise LpasrnError(f"checkpoint {path} belongs to stage {saved.get('stage')!r}, not {self.spec.name!r}")
+        check_world_size(path, saved, self.acc.num_processes, self.engine.deepspeed)
         weights = path / ckpt.EXPORT_WEIGHTS  # DDP/single-process layout; DeepSpeed keeps its own
         if weights.is_file():
             ckpt.check_weights_match(self.acc.unwrap_model(self.model), weights)
@@ -98,7 +111,8 @@ class StageRunner:
         start_stage_trackers(self.acc, self.cfg, self.stage_dir.parent, self.spec.prefix, self.cfg.to_dict())
         fresh = self.state.epoch == 0 and self.state.step_in_epoch == 0
         if fresh and self.stats.miner is not None and self.stage_cfg.hard_mining.score_before_stage:
-            self.stats.score_training_split(self.model, val_batches(self.cfg, self.acc, split="train"))
+            self.stats.score_training_split(self.forward, self.to_device, self.lockstep_batches("train"),
+                                            self.stand_in, self.acc.unwrap_model(self.model))
             self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
         try:
             for epoch in range(self.state.epoch, self.stage_cfg.epochs):
@@ -148,10 +162,14 @@ class StageRunner:
                                       "samples_per_s": rate, "seconds": seconds}) + "\n")
 
     def train_step(self, batch: dict) -> None:
-        batch = _to_device(batch, self.acc.device)
-        with self.acc.autocast():
-            out = self.model(lr=batch["lr"], hr=batch["hr"], outputs=self.want)
+        # NOTE: every rank takes every step: a batch that lost all its samples (corrupt) is replaced
+        # by a stand-in with loss weight 0, so the forward/backward collectives still line up.
+        empty = batch["hr"].shape[0] == 0
+        batch = self.to_device(self.stand_in if empty else batch)
+        out = self.forward(self.model, batch, self.want)
         loss, terms = self.objective(out, batch)
+        if empty:
+            loss = loss * 0.0
         # NOTE: every rank must take the same decision to skip, or the gradient all-reduce would hang.
         finite = self.acc.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
         if int(finite.item()) != self.acc.num_processes:
@@ -163,8 +181,9 @@ class StageRunner:
             self.acc.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.buffers.average_()  # NOTE: all ranks, every step (see BufferAverager)
         self.state.global_step += 1
-        if "ocr_sr" in out:
+        if "ocr_sr" in out and not empty:
             readings, _ = greedy_decode(out["ocr_sr"].detach().float())
             self.stats.update(batch["sid"], batch["text"], readings)
         if self.state.global_step % self.cfg.train.log_every == 0:
@@ -194,14 +213,15 @@ class StageRunner:
         self.acc.log(values, step=self.state.global_step)
 
     def report_read_errors(self) -> None:
-        """Corrupt training samples were skipped as they were met (each logged with shard and key);
-        the stage ends by counting them, so none goes unnoticed."""
-        errors = self.train_batches.read_errors
-        if errors is not None and errors.count:
-            shown = "; ".join(errors.items[:10]) + (" ..." if errors.count > 10 else "")
-            print(f"[{self.spec.prefix}] rank {self.acc.process_index}: {errors.count} corrupt training "
-                  f"sample(s) skipped: {shown}", flush=True)
-            self.acc.log({f"{self.spec.prefix}/corrupt_samples": float(errors.count)}, step=self.state.global_step)
+        """Corrupt samples were skipped as they were met (each logged with shard and key); the stage
+        ends by counting them, so none goes unnoticed."""
+        for kind, errors in (("training", self.train_batches.read_errors), ("validation", self.val_read_errors)):
+            if errors is not None and errors.count:
+                shown = "; ".join(errors.items[:10]) + (" ..." if errors.count > 10 else "")
+                print(f"[{self.spec.prefix}] rank {self.acc.process_index}: {errors.count} corrupt {kind} "
+                      f"sample(s) skipped: {shown}", flush=True)
+                tag = "corrupt_samples" if kind == "training" else "corrupt_val_samples"
+                self.acc.log({f"{self.spec.prefix}/{tag}": float(errors.count)}, step=self.state.global_step)
 
     def check_preemption(self) -> None:
         """# NOTE: call on all ranks at the same step: check_trigger is an all-reduce."""
@@ -221,13 +241,14 @@ class StageRunner:
         if self.stage_cfg.update_confusion:
             self.objective.class_weights = self.stats.class_weights()
         self.train_batches.after_epoch(epoch)
-        if self.cfg.train.write_fingerprints:
-            self.write_fingerprint(epoch)
-        metrics = validate(self, val_batches(self.cfg, self.acc))
+        metrics = validate(self, self.lockstep_batches("val"))
         self.state.epoch = epoch + 1
         self.acc.log({f"{self.spec.prefix}/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
         self.stats.log(self.state.global_step)
-        improved = self.maybe_export_best(metrics)
+        master = fp32_master_state_dict(self.acc, self.model, self.frozen_fp32)  # NOTE: collective (DeepSpeed)
+        if self.cfg.train.write_fingerprints:
+            self.write_fingerprint(epoch, master)
+        improved = self.maybe_export_best(metrics, master)
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         self.acc.print(f"[{self.spec.prefix}] epoch {self.state.epoch}/{self.stage_cfg.epochs}: {shown}"
                        + (f"  (best {self.spec.best_metric})" if improved else ""))
@@ -235,20 +256,28 @@ class StageRunner:
         if last or self.state.epoch % self.cfg.train.checkpoint_every_epochs == 0:
             self.save(mid_epoch=False)
 
-    def write_fingerprint(self, epoch: int) -> None:
-        """Hashes of the synced statistics as this rank holds them (`fingerprints/epoch-E.rank-R.json`)."""
+    def write_fingerprint(self, epoch: int, master: dict[str, torch.Tensor]) -> None:
+        """What this rank holds after the epoch (`fingerprints/epoch-E.rank-R.json`): hashes of the
+        synced statistics, of the model's buffers (BatchNorm statistics) and of the fp32 weights it
+        would export, with the engine's real compute dtype, so tests can compare ranks and engines."""
         state, tensors = self.state_dict()
         hashes = {name: state_hash(value) for name, value in sorted(tensors.items())}
+        net = self.acc.unwrap_model(self.model)
+        buffers = {name: buf for name, buf in net.named_buffers() if buf.is_floating_point()}
+        hashes["buffers"] = state_hash({k: v.float().cpu() for k, v in buffers.items()})
+        hashes["master_weights"] = state_hash(master)
         out = self.stage_dir / "fingerprints" / f"epoch-{epoch + 1:04d}.rank-{self.acc.process_index}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"distributed_type": str(self.acc.distributed_type),
-                                   "num_processes": self.acc.num_processes, "hashes": hashes}, indent=1))
+                                   "num_processes": self.acc.num_processes, "compute": self.engine.summary,
+                                   "param_dtype": str(self.engine.param_dtype),
+                                   "input_dtype": str(self.engine.input_dtype), "hashes": hashes}, indent=1))
 
-    def maybe_export_best(self, metrics: dict) -> bool:
+    def maybe_export_best(self, metrics: dict, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Export `state_dict` (the fp32 master weights) when the stage's metric improved."""
         value = metrics[self.spec.best_metric]
         best = self.state.best_value
         better = best is None or (value < best if self.spec.best_mode == "min" else value > best)
-        state_dict = self.acc.get_state_dict(self.model)  # NOTE: collective under ZeRO-3: all ranks
         if better:
             self.state.best_value, self.state.best_epoch = value, self.state.epoch
             if self.acc.is_main_process:
@@ -258,24 +287,56 @@ class StageRunner:
         return better
 
     def log_grid(self) -> None:
-        if not self.acc.is_main_process or not self.grid_samples:
+        """# NOTE: call on all ranks: every rank runs the grid's forward (a collective under ZeRO-3),
+        the main process draws and logs it."""
+        if not self.grid_samples:
             return
         net = self.acc.unwrap_model(self.model)
         was_training = net.training
         net.eval()
-        batch = _to_device(self.grid_samples, self.acc.device)
+        batch = self.to_device(self.grid_samples)
         with torch.no_grad():
             if self.spec.uses_generator:
-                out = net(lr=batch["lr"], hr=batch["hr"], outputs=("sr", "ocr_sr"))
+                out = self.forward(net, batch, ("sr", "ocr_sr"))
                 sr, logits = out["sr"], out["ocr_sr"]
             else:
-                out = net(lr=batch["lr"], hr=batch["hr"], outputs=("ocr_hr",))
+                out = self.forward(net, batch, ("ocr_hr",))
                 sr, logits = torch.nn.functional.interpolate(batch["lr"], scale_factor=2, mode="bicubic"), out["ocr_hr"]
-        readings, _ = greedy_decode(logits.float())
-        grid = plate_grid(batch["lr"], sr.float(), batch["hr"], batch["text"], readings)
-        log_plate_grid(self.acc, f"{self.spec.prefix}/val_plates", grid, self.state.global_step)
         net.train(was_training)
+        if self.acc.is_main_process:
+            readings, _ = greedy_decode(logits.float())
+            grid = plate_grid(batch["lr"], sr.float(), batch["hr"], batch["text"], readings)
+            log_plate_grid(self.acc, f"{self.spec.prefix}/val_plates", grid, self.state.global_step)
+
+    # ---- batches and forwards ----------------------------------------------------------------
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def forward(self, net, batch: dict, outputs: tuple[str, ...]) -> dict:
+        """# NOTE: a collective under ZeRO-3: all ranks, the same number of times."""
+        return model_forward(self.acc, self.engine, net, batch, outputs)
+
+    def lockstep_batches(self, split: str):
+        """This rank's even, padded share of `split` (validation: the first data.val_limit plates)."""
+        if split not in self._datasets:
+            self._datasets[split] = IndexedPlateDataset(self.cfg.data.dir, split)
+        limit = self.cfg.data.val_limit if split == "val" else 0
+        return lockstep_loader(self._datasets[split], self.cfg.data.batch_size, self.acc.process_index,
+                               self.acc.num_processes, self.cfg.data.num_workers, limit)
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def check_world_size(path: Path, saved: dict, world_size: int, deepspeed: bool) -> None:
+    """A mid-epoch checkpoint only resumes on the number of processes that wrote it: the position in
+    the epoch is a per-rank batch count. At an epoch boundary DDP state is whole and may change size;
+    DeepSpeed's optimizer state is partitioned by rank, so it may not."""
+    saved_size = int(saved.get("world_size", world_size))
+    if saved_size == world_size:
+        return
+    mid_epoch = saved["loop"].get("step_in_epoch", 0) > 0
+    if mid_epoch or deepspeed:
+        where = "mid-epoch" if mid_epoch else "under DeepSpeed (optimizer state is split by rank)"
+        raise LpasrnError(
+            f"checkpoint {path} was saved {where} by {saved_size} processes; this run has {world_size}. "
+            f"Resume it with {saved_size} processes, or resume from an end-of-epoch checkpoint of a "
+            f"DDP/single-process run (--resume PATH), or start the next stage from this stage's export "
+            f"({path.parent.parent / 'best'}), which any number of processes can load.")

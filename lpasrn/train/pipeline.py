@@ -16,6 +16,7 @@ from lpasrn.data.shards import load_manifest
 from lpasrn.errors import LpasrnError
 from lpasrn.models.lpasrn_arch import LPASRN, build_model
 from lpasrn.train import checkpoint as ckpt
+from lpasrn.train.engine import resolve_mixed_precision
 from lpasrn.train.loop import StageRunner
 from lpasrn.train.stages import STAGES, StageSpec, trainable_parts
 
@@ -33,22 +34,27 @@ def process_group_handlers() -> list:
 
 
 def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    mixed = cfg.train.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=process_group_handlers(),
-                              project_dir=cfg.run_dir)
+    mixed, why = resolve_mixed_precision(cfg.train.mixed_precision)
+    # NOTE: DDP's buffer broadcast is off: BufferAverager (engine.py) keeps BatchNorm statistics
+    # identical on all ranks under every engine, DeepSpeed included, which broadcasts nothing.
+    handlers = process_group_handlers() + [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, project_dir=cfg.run_dir)
+    accelerator.print(f"lpasrn: mixed precision {mixed!r} from {why}")
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
+        ds = plugin.deepspeed_config
         # We do not hand dataloaders to prepare (streamed loaders), so DeepSpeed's "auto" batch
         # size must be filled in here, once, from the config.
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
-        plugin.deepspeed_config.setdefault("gradient_accumulation_steps", 1)
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds.setdefault("gradient_accumulation_steps", 1)
         # DeepSpeed clips inside its own step (accelerator.clip_grad_norm_ does nothing there).
-        if plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
-            plugin.deepspeed_config["gradient_clipping"] = cfg.train.grad_clip
+        if ds.get("gradient_clipping", "auto") == "auto":
+            ds["gradient_clipping"] = cfg.train.grad_clip
+        threshold = cfg.train.zero3_param_persistence_threshold
+        if threshold is not None and ds.get("zero_optimization", {}).get("stage") == 3:
+            ds["zero_optimization"]["stage3_param_persistence_threshold"] = threshold
     return accelerator
 
 
@@ -129,11 +135,14 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     if init_weights is not None:
         model.load_state_dict(ckpt.check_weights_match(model, init_weights))
     model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
+    # fp32 originals, taken before DeepSpeed may cast the parameters to 16 bits: exports read the
+    # frozen parts from here (they never change); trainable ones come from the fp32 masters.
+    frozen_fp32 = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
     # fused: one kernel for all parameters instead of several small ops per tensor (CPU and CUDA)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, weight_decay=cfg.train.weight_decay,
                                   fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
-    runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file)
+    runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file, frozen_fp32)
     if resume_path is not None:
         runner.resume_from(resume_path)
     try:

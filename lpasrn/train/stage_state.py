@@ -14,6 +14,7 @@ from lpasrn.data.shards import load_manifest, split_entry
 from lpasrn.distributed.confusion import CharacterConfusionTracker
 from lpasrn.distributed.miner import HardExampleMiner
 from lpasrn.models.ocr_arch import greedy_decode
+from lpasrn.train.lockstep import select_rows, with_stand_in
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,21 @@ class StageStatistics:
                                         "ema_accuracy": tensors["miner.ema_accuracy"]})
 
     @torch.no_grad()
-    def score_training_split(self, model, batches) -> None:
+    def score_training_split(self, forward, to_device, batches, stand_in: dict, net) -> None:
         """Eval-mode pass over the training split before hard mining starts, so the first weighted
-        draw already knows which plates are hard. Exact-once across ranks, no collective inside the
-        loop, one sync at the end. # NOTE: call on all ranks."""
-        net = self.acc.unwrap_model(model)
+        draw already knows which plates are hard. Every sample once, lock-step batches (`forward`
+        is a collective under ZeRO-3), one sync at the end. # NOTE: call on all ranks."""
         was_training = net.training
         net.eval()
         for batch in batches:
-            if batch["hr"].shape[0] == 0:
+            batch = to_device(with_stand_in(batch, stand_in))
+            out = forward(net, batch, ("ocr_sr",))
+            rows = torch.nonzero(batch["weight"] > 0).reshape(-1)
+            if rows.numel() == 0:
                 continue
-            with self.acc.autocast():
-                out = net(lr=batch["lr"].to(self.acc.device), outputs=("ocr_sr",))
-            readings, _ = greedy_decode(out["ocr_sr"].float())
-            self.miner.update_from_strings(batch["sid"], batch["text"], readings)
+            readings, _ = greedy_decode(out["ocr_sr"].index_select(0, rows).float())
+            real = select_rows({"sid": batch["sid"], "text": batch["text"]}, rows)
+            self.miner.update_from_strings(real["sid"].cpu(), real["text"], readings)
         net.train(was_training)
         self.miner.sync()
 

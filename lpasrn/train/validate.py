@@ -5,35 +5,36 @@ from __future__ import annotations
 
 import torch
 
-from lpasrn.metrics import RecognitionStats, psnr
 from lpasrn.losses.ssim import ssim
+from lpasrn.metrics import RecognitionStats, psnr
 from lpasrn.models.ocr_arch import greedy_decode
-from lpasrn.train.data_sources import val_batch_limit
+from lpasrn.train.lockstep import select_rows, with_stand_in
 from lpasrn.train.objective import outputs_needed
 
 
 @torch.no_grad()
 def validate(runner, batches) -> dict[str, float]:
-    """# NOTE: call on all ranks: one all-reduce of the sums at the end, none inside the loop
-    (ranks may hold different numbers of validation batches)."""
+    """# NOTE: call on all ranks: every rank runs the same number of forwards (lock-step batches,
+    a forward is a collective under ZeRO-3) and one all-reduce of the sums at the end."""
     acc, spec = runner.acc, runner.spec
-    net = acc.unwrap_model(runner.model)  # plain module: no DDP collectives for uneven batch counts
+    net = acc.unwrap_model(runner.model)
     was_training = net.training
     net.eval()
     want = tuple(sorted(outputs_needed(runner.stage_cfg.loss_components, True, spec.uses_generator)))
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, n, psnr sum, ssim sum
     stats = RecognitionStats()
-    limit = val_batch_limit(runner.cfg, acc)
-    for index, batch in enumerate(batches):
-        if limit and index >= limit:
-            break
-        if batch["hr"].shape[0] == 0:  # every sample of the batch was corrupt (and reported)
+    runner.val_read_errors.reset()  # the same split every epoch: report the last pass, not the sum
+    for batch in batches:
+        runner.val_read_errors.record(batch.get("corrupt", []))
+        batch = runner.to_device(with_stand_in(batch, runner.stand_in))
+        out = runner.forward(net, batch, want)
+        rows = torch.nonzero(batch["weight"] > 0).reshape(-1)
+        if rows.numel() == 0:  # padding or all corrupt: the forward above kept the ranks in step
             continue
-        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with acc.autocast():
-            out = net(lr=batch["lr"], hr=batch["hr"], outputs=want)
+        out, batch = select_rows(out, rows), select_rows(batch, rows)
+        hr = batch["hr"]
         loss, _ = runner.objective(out, batch)
-        n = batch["hr"].shape[0]
+        n = hr.shape[0]
         sums[0] += float(loss) * n
         sums[1] += n
         logits = out["ocr_sr"] if spec.uses_generator else out["ocr_hr"]
@@ -41,8 +42,8 @@ def validate(runner, batches) -> dict[str, float]:
         stats.update(batch["text"], readings)
         if spec.uses_generator:
             sr = out["sr"].float().clamp(0, 1)
-            sums[2] += float(psnr(sr, batch["hr"]).sum())
-            sums[3] += float(ssim(sr, batch["hr"], window=runner.cfg.loss.ssim_window, reduction="none").sum())
+            sums[2] += float(psnr(sr, hr).sum())
+            sums[3] += float(ssim(sr, hr, window=runner.cfg.loss.ssim_window, reduction="none").sum())
     net.train(was_training)
     totals = acc.reduce(torch.cat([sums, stats.as_tensor().to(torch.float64)]).to(acc.device), reduction="sum").cpu()
     sums, stats = totals[:4], RecognitionStats.from_tensor(totals[4:].round().to(torch.int64))
