@@ -50,6 +50,17 @@ def test_every_stage_exports_best_weights_and_config(smoke_run):
     assert "lr_bicubic" in proc.stdout and "word_acc" in proc.stdout
 
 
+def test_log_to_a_file_is_one_line_per_epoch(smoke_run):
+    """Output that is not a terminal (a SLURM log, `> log`) holds no progress-bar updates and no
+    library INFO lines at every checkpoint, but an epoch line for every epoch of every stage."""
+    _, proc = smoke_run
+    text = proc.stdout + proc.stderr  # (text mode turns a carriage return into a newline)
+    assert "it/s]" not in text and "s/it]" not in text, "progress-bar updates in a log file"
+    assert not [line for line in text.splitlines() if " INFO accelerate" in line or " INFO DeepSpeed" in line]
+    epochs = [line for line in proc.stdout.splitlines() if "] epoch " in line]
+    assert len(epochs) >= len(STAGES), proc.stdout[-2000:]
+
+
 def test_tensorboard_has_the_design_tags(smoke_run):
     run_dir, _ = smoke_run
     tags = set()

@@ -133,7 +133,9 @@ class StageRunner:
         skip, limit = self.state.step_in_epoch, self.cfg.train.max_steps_per_epoch or None
         total = min(len(batches), limit) if limit else len(batches)
         bar = tqdm(total=total, initial=skip, desc=f"{self.spec.prefix} epoch {epoch + 1}/{self.stage_cfg.epochs}",
-                   disable=not self.acc.is_local_main_process, leave=False)
+                   # None: tqdm switches itself off when stderr is not a terminal (a log file gets
+                   # the one epoch line instead of thousands of carriage-return updates)
+                   disable=None if self.acc.is_local_main_process else True, leave=False)
         started, samples = time.perf_counter(), 0
         for index, batch in enumerate(batches):
             if limit and index >= limit:

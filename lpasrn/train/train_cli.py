@@ -43,6 +43,9 @@ def run_train(args) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.debug:  # the libraries' INFO lines at every checkpoint would drown the epoch lines
+        for library in ("accelerate", "DeepSpeed", "torch.distributed"):
+            logging.getLogger(library).setLevel(logging.WARNING)
     if args.debug:
         torch.autograd.set_detect_anomaly(True)
     cfg = load_config(args.config, args.set)
