@@ -18,7 +18,8 @@ COMMAND_GROUPS = [
      ["lpasrn.data.synth_cli", "lpasrn.data.import_cli", "lpasrn.data.inspect_cli"]),
     ("models", "model presets", ["lpasrn.models.summary_cli"]),
     ("bench", "benchmarks (results belong in BENCHMARKS.md)",
-     ["lpasrn.bench.data_bench", "lpasrn.bench.model_bench", "lpasrn.bench.train_bench", "lpasrn.bench.dist_bench"]),
+     ["lpasrn.bench.data_bench", "lpasrn.bench.model_bench", "lpasrn.bench.train_bench", "lpasrn.bench.dist_bench",
+      "lpasrn.bench.scale_bench"]),
     (None, None, ["lpasrn.train.train_cli", "lpasrn.eval.evaluate_cli", "lpasrn.eval.sr_cli",
                   "lpasrn.eval.export_cli"]),
 ]

@@ -51,7 +51,7 @@ class DataConfig:
     num_workers: int = field(default=2, metadata=_range(0))
     # With synthesize_if_missing, a `dir` without a dataset gets the built-in synthetic plates.
     synthesize_if_missing: bool = False
-    synth_shard_size: int = field(default=1000, metadata=_range(1))
+    synth_shard_size: int = field(default=250, metadata=_range(1))
     synth_train: int = field(default=4000, metadata=_range(1))
     synth_val: int = field(default=400, metadata=_range(1))
     synth_test: int = field(default=400, metadata=_range(1))

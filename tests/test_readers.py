@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from lpasrn.bench.data_bench import random_plate_records, write_random_dataset
 from lpasrn.data.read_stream import iter_tar_members
 from lpasrn.data.readers import CorruptSampleError, IndexedPlateDataset, StreamReader, collate, decode_sample
-from lpasrn.data.shards import load_manifest
+from lpasrn.data.shard_index import split_index
 from lpasrn.errors import LpasrnError
 
 NUM_SAMPLES = 23  # not a multiple of shard size or batch size: partial shards and batches are exercised
@@ -73,10 +73,10 @@ def test_resampled_mode_yields_exactly_batches_per_epoch(dataset_dir):
 
 
 def _corrupt_png_in_place(dataset_dir, sid):
-    """Overwrite the HR png of `sid` with garbage of the same size, at its manifest offset."""
-    split = load_manifest(dataset_dir)["splits"]["train"]
-    shard = split["shards"][split["members"]["shard"][sid]]["name"]
-    offset, size = split["members"]["hr_offset"][sid], split["members"]["hr_size"][sid]
+    """Overwrite the HR png of `sid` with garbage of the same size, at its indexed offset."""
+    index = split_index(dataset_dir, "train")
+    shard_index, offsets, sizes = index.location(sid)
+    shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
     with open(dataset_dir / shard, "r+b") as f:
         f.seek(offset)
         f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from lpasrn.bench.data_bench import random_plate_records
+from lpasrn.data.shard_index import INDEX_DTYPE
 from lpasrn.data.shards import DatasetWriter, load_manifest, verify_shards
 from lpasrn.errors import LpasrnError
 
@@ -60,17 +61,19 @@ def test_same_records_give_identical_bytes_and_manifest_hashes_match(tmp_path):
         assert (info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode) == (0, 0, 0, "", "", 0o644)
 
 
-def test_manifest_offsets_read_each_member_directly(tmp_path):
+def test_index_offsets_read_each_member_directly(tmp_path):
     records = list(random_plate_records(4, seed=3))
     _, manifest = _write(tmp_path, {"train": records})
     split = manifest["splits"]["train"]
-    cols = split["members"]
+    assert "members" not in split and split["index"]["file"] == "train.index.npy"
+    index = np.load(tmp_path / "train.index.npy", mmap_mode="r")
+    assert index.dtype == INDEX_DTYPE and index.shape == (4,)
     for sid in range(4):
-        shard = split["shards"][cols["shard"][sid]]["name"]
+        shard = split["shards"][int(index["shard"][sid])]["name"]
         tar_members = _tar_members(tmp_path / shard)
         raw = (tmp_path / shard).read_bytes()
-        for field, suffix in (("hr", "hr.png"), ("lr", "lr.png"), ("json", "json")):
-            offset, size = cols[f"{field}_offset"][sid], cols[f"{field}_size"][sid]
+        for column, suffix in enumerate(("hr.png", "lr.png", "json")):
+            offset, size = int(index["offset"][sid, column]), int(index["size"][sid, column])
             info, data = tar_members[f"train-{sid:08d}.{suffix}"]
             assert (offset, size) == (info.offset_data, info.size)
             assert raw[offset:offset + size] == data
@@ -81,11 +84,12 @@ def test_killed_writer_leaves_no_complete_looking_shard(tmp_path):
     writer = DatasetWriter(tmp_path, {}, shard_size=10)
     writer.write("train", records[0])
     # Mid-run (as if killed now): only a .partial file, no shard name, no manifest.
-    assert [p.name for p in tmp_path.iterdir()] == ["train-000000.tar.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar.partial",
+                                                           "train.index.npy.raw.partial"]
     with pytest.raises(LpasrnError, match="no manifest.json"):
         load_manifest(tmp_path)
     writer.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "train-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "train-000000.tar", "train.index.npy"]
 
 
 def test_missing_dir_or_manifest_names_path_and_synth_command(tmp_path):

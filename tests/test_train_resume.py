@@ -1,6 +1,5 @@
 """Hand-off between stages, resume equivalence (end of epoch and mid-epoch preemption), and the
 runner's bad-input messages. Runs the real runner in-process on tiny shards."""
-import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_config
+from lpasrn.data.shard_index import split_index
 from lpasrn.train.train_cli import main as run_main
 
 
@@ -125,11 +125,11 @@ def test_existing_checkpoints_need_resume(stage01, tiny_dataset, tmp_path, capsy
 def test_corrupt_training_sample_is_counted_and_reported(stage01, tiny_dataset, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
-    split = json.loads((data / "manifest.json").read_text())["splits"]["train"]
+    index = split_index(data, "train")
     keys = []
     for sid in (5, 21, 37):  # one per shard: the resampled stream draws shards, so some are met
-        shard = split["shards"][split["members"]["shard"][sid]]["name"]
-        offset, size = split["members"]["hr_offset"][sid], split["members"]["hr_size"][sid]
+        shard_index, offsets, sizes = index.location(sid)
+        shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
         with open(data / shard, "r+b") as f:  # garbage in place of the HR png, same size
             f.seek(offset)
             f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))

@@ -12,6 +12,7 @@ the reader in the main process counts and logs them in `read_errors`, whatever n
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -50,6 +51,37 @@ def exact_shard_order(shard_names: list[str], seed: int, epoch: int, rank: int, 
     mine = order[rank::world_size]
     # NOTE: workers of a rank split that rank's slice the same way, again disjoint and complete.
     return mine[worker::num_workers]
+
+
+def cycled_shard_order(shard_names: list[str], seed: int, epoch: int, slot: int, slots: int):
+    """Endless shard order of one reading slot (rank * num_workers + worker) in resampled mode.
+
+    Why not shards drawn with replacement: then an epoch reads ~1 - 1/e of the shards (about 62% of
+    the plates with the paper's 20 shards and 32 slots). Here the shards of an epoch are a chain of
+    permutations seeded by (seed, epoch, cycle), dealt out in turn to the slots: every shard is read
+    once before any is read twice, whatever the number of ranks and workers.
+    # NOTE: slots take disjoint positions of the same chain on every rank: ranks read different
+    # shards, and a rerun (or a resume) reads the same ones.
+    """
+    position = 0
+    for cycle in itertools.count():
+        order = list(shard_names)
+        random.Random(derive_seed(seed, epoch, cycle)).shuffle(order)
+        for name in order:
+            if position % slots == slot:
+                yield name
+            position += 1
+
+
+def resampled_buffer(shuffle_buffer: int, batches_per_epoch: int, batch_size: int, num_workers: int) -> int:
+    """The shuffle buffer a resampled epoch uses: at most a quarter of what one worker yields.
+
+    Why: what is still in a worker's buffer when its quota is met is not seen this epoch. With the
+    paper's 20,000 plates, batch 64, 8 ranks x 4 workers (640 plates a worker) and shards of 250, a
+    1,000-plate buffer leaves 26% of the plates unseen; 160 leaves 10% (lpasrn.data.coverage).
+    """
+    per_worker = batches_per_epoch * batch_size // max(1, num_workers)
+    return max(1, min(shuffle_buffer, per_worker // 4))
 
 
 def iter_tar_members(path: Path, shard: str):
@@ -117,6 +149,24 @@ def _decode_stream(raw_samples, split: str):
         yield sample
 
 
+def _skip_raw(raw_samples, count: int):
+    """Drop the first `count` samples before decoding (a mid-epoch resume's position); shard-level
+    corrupt markers still pass, so they are reported. Why before decoding: a requeued job would
+    otherwise decode up to an epoch of PNGs only to throw them away."""
+    for raw in raw_samples:
+        if count > 0 and CORRUPT not in raw:
+            count -= 1
+            continue
+        yield raw
+
+
+def worker_skip(skip_batches: int, worker: int, num_workers: int) -> int:
+    """Batches of the first `skip_batches` of a rank that came from `worker`: the DataLoader takes
+    batches from its workers in turn (batch i from worker i % num_workers), and the quotas differ by
+    at most one batch, given to the first workers, so the turns never shift."""
+    return len(range(worker, skip_batches, num_workers))
+
+
 def _batch_stream(samples, batch_size: int):
     """Collated batches of good samples; corrupt markers ride on the next batch (or the last one).
 
@@ -167,6 +217,7 @@ class _PlateStream(IterableDataset):
         self.batch_size, self.seed, self.epoch = reader.batch_size, reader.seed, epoch
         self.rank, self.world_size, self.mode = reader.rank, reader.world_size, reader.mode
         self.batches_per_epoch, self.shuffle_buffer = reader.batches_per_epoch, reader.shuffle_buffer
+        self.skip_batches = reader.skip_batches
 
     def _shard_source(self, worker: int, num_workers: int):
         if self.mode == "exact":
@@ -174,10 +225,10 @@ class _PlateStream(IterableDataset):
                                       worker, num_workers)
             # A callable, not a list: DataPipeline would splice a list in as pipeline stages.
             return lambda: iter([{"url": name} for name in names])
-        # NOTE: resampled shards are drawn with replacement from a stream seeded by (seed, epoch, rank,
-        # worker): ranks differ, reruns repeat, and the stream is endless so every rank fills its quota.
-        return wds.ResampledShards(list(self.shard_names), seed=derive_seed(self.seed, self.epoch, self.rank),
-                                   worker_seed=lambda: worker, deterministic=True)
+        # NOTE: the stream is endless, so every rank fills its quota (see cycled_shard_order).
+        order = cycled_shard_order(self.shard_names, self.seed, self.epoch, self.rank * num_workers + worker,
+                                   self.world_size * num_workers)
+        return lambda: ({"url": name} for name in order)
 
     def _batch_quota(self, worker: int, num_workers: int) -> int | None:
         if self.mode == "exact":
@@ -188,17 +239,23 @@ class _PlateStream(IterableDataset):
 
     def __iter__(self):
         worker, num_workers = _worker_info()
+        # The DataLoader always starts its turns at worker 0; after skipping k batches the next one
+        # belongs to worker k % num_workers, so each worker plays the part of worker (w + k) % n.
+        worker = (worker + self.skip_batches) % num_workers
         rng = random.Random(derive_seed(self.seed, self.epoch, self.rank, worker))
+        skip = worker_skip(self.skip_batches, worker, num_workers)
         stages = [
             self._shard_source(worker, num_workers),
             lambda src: _expand_shards(src, self.data_dir, self.expected),
             lambda src: _shuffle(src, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng),
+            lambda src: _skip_raw(src, skip * self.batch_size),
             lambda src: _decode_stream(src, self.split),
             lambda src: _batch_stream(src, self.batch_size),
         ]
         pipeline = wds.DataPipeline(*stages)
         quota = self._batch_quota(worker, num_workers)
         if quota is not None:
+            quota = max(0, quota - skip)
             pipeline = pipeline.with_epoch(nbatches=quota)
             if quota == 0:
                 return iter(())
@@ -234,17 +291,27 @@ class StreamReader:
         if batches_per_epoch is None:
             batches_per_epoch = math.ceil(self.num_samples / (batch_size * world_size))
         self.batches_per_epoch = batches_per_epoch
+        if mode == "resampled":
+            self.shuffle_buffer = resampled_buffer(self.shuffle_buffer, batches_per_epoch, batch_size, num_workers)
         self.epoch = 0
+        self.skip_batches = 0
         self.read_errors = ReadErrors()
         if mode == "exact" and len(self.shard_names) < world_size * max(1, num_workers):
             log.warning("%s/%s: %d shards for %d ranks x %d workers: some workers read nothing; "
                         "write smaller shards", self.data_dir, split, len(self.shard_names), world_size,
                         max(1, num_workers))
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise LpasrnError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Iterate `epoch` from batch `skip_batches` on (a mid-epoch resume): the skipped samples are
+        read from the tars (the shuffle needs them) but never decoded. Resampled mode only: it is the
+        mode whose batch order is a fixed function of (seed, epoch, rank). A corrupt sample among the
+        skipped ones is not seen, so the resumed batches may then start a few samples early."""
+        if epoch < 0 or skip_batches < 0:
+            raise LpasrnError(f"epoch and skip_batches must be >= 0, got {epoch}, {skip_batches}")
+        if skip_batches and self.mode != "resampled":
+            raise LpasrnError("skip_batches needs mode='resampled' (exact-mode workers end at different "
+                              "batches, so a rank's batch index does not name a worker position)")
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def num_batches(self) -> int:
         """Batches this rank yields in the current epoch (exact mode: if no sample is corrupt)."""
@@ -258,7 +325,8 @@ class StreamReader:
         return total
 
     def __len__(self) -> int:
-        return self.num_batches()
+        """Batches left to iterate (after `skip_batches`)."""
+        return max(0, self.num_batches() - self.skip_batches)
 
     def __iter__(self):
         dataset = _PlateStream(self, self.epoch)

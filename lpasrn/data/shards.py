@@ -2,7 +2,8 @@
 
 Layout of a dataset directory (DESIGN.md section 2):
     <dir>/<split>-NNNNNN.tar   members <key>.hr.png, <key>.lr.png, <key>.json, key = f"{split}-{sid:08d}"
-    <dir>/manifest.json        splits, shards (count, sha256, size), member offsets, settings
+    <dir>/<split>.index.npy    sid -> shard, member offsets and sizes (memory-mapped; see shard_index.py)
+    <dir>/manifest.json        splits, shards (count, sha256, size), index file of each split, settings
 
 The same records and settings always give the same bytes: tar headers are fixed (mtime 0, uid/gid 0,
 no user names, mode 0o644, USTAR), PNGs are encoded with fixed options and no metadata, JSON uses
@@ -19,10 +20,13 @@ import tarfile
 from pathlib import Path
 
 from lpasrn.data.records import PlateRecord
+from lpasrn.data.shard_index import IndexBuilder
 from lpasrn.errors import LpasrnError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "lpasrn-shards/1"
+MANIFEST_FORMAT = "lpasrn-shards/2"
+# Format 1 listed every member's offset in the JSON; it is still read (shard_index converts it).
+READABLE_FORMATS = ("lpasrn-shards/1", MANIFEST_FORMAT)
 # Member suffixes in the order they are written (and therefore read) for every sample.
 MEMBER_SUFFIXES = ("hr.png", "lr.png", "json")
 # Manifest field names of each member's offset/size lists, parallel to MEMBER_SUFFIXES.
@@ -111,26 +115,31 @@ class _ShardTar:
         self.partial_path.unlink(missing_ok=True)
 
 
-class _SplitIndex:
-    """Per-split bookkeeping: finished shards and, per sample, where its members are."""
+def write_manifest(out_dir: Path, settings: dict, splits: dict) -> dict:
+    """Write `manifest.json` atomically (the one place it is written: the shard writer, hence every
+    importer and the renderer, and the scale benchmark's simulated splits)."""
+    manifest = {"format": MANIFEST_FORMAT, "created_by": _created_by(), "settings": settings, "splits": splits}
+    tmp = Path(out_dir) / (MANIFEST_NAME + ".partial")
+    tmp.write_bytes(encode_json(manifest))
+    os.replace(tmp, Path(out_dir) / MANIFEST_NAME)
+    return manifest
 
-    def __init__(self):
+
+class _SplitIndex:
+    """Per-split bookkeeping: finished shards and, per sample, where its members are (streamed to
+    the binary index, so the writer's memory does not grow with the number of samples)."""
+
+    def __init__(self, out_dir: Path, split: str):
         self.shards: list[dict] = []
         self.current: _ShardTar | None = None
-        self.shard_of_sample: list[int] = []
-        self.offsets = {field: [] for field in MEMBER_FIELDS}
-        self.sizes = {field: [] for field in MEMBER_FIELDS}
+        self.builder = IndexBuilder(out_dir, split)
 
     @property
     def num_samples(self) -> int:
-        return len(self.shard_of_sample)
+        return self.builder.count
 
     def to_manifest(self) -> dict:
-        members = {"shard": self.shard_of_sample}
-        for field in MEMBER_FIELDS:
-            members[f"{field}_offset"] = self.offsets[field]
-            members[f"{field}_size"] = self.sizes[field]
-        return {"num_samples": self.num_samples, "shards": self.shards, "members": members}
+        return {"num_samples": self.num_samples, "shards": self.shards, "index": self.builder.finish()}
 
 
 class DatasetWriter:
@@ -157,7 +166,9 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter is closed")
         if not _SPLIT_RE.match(split):
             raise LpasrnError(f"split name {split!r} must match [A-Za-z0-9_-]+")
-        index = self._splits.setdefault(split, _SplitIndex())
+        if split not in self._splits:
+            self._splits[split] = _SplitIndex(self.out_dir, split)
+        index = self._splits[split]
         if index.current is None:
             index.current = _ShardTar(self.out_dir / shard_name(split, len(index.shards)))
         sid = index.num_samples
@@ -165,11 +176,8 @@ class DatasetWriter:
         meta = {"sid": sid, "text": record.text, "layout": record.layout,
                 "source": record.source, "track": record.track}
         payloads = (encode_png(record.hr), encode_png(record.lr), encode_json(meta))
-        for field, suffix, data in zip(MEMBER_FIELDS, MEMBER_SUFFIXES, payloads):
-            offset, size = index.current.add(f"{key}.{suffix}", data)
-            index.offsets[field].append(offset)
-            index.sizes[field].append(size)
-        index.shard_of_sample.append(len(index.shards))
+        where = [index.current.add(f"{key}.{suffix}", data) for suffix, data in zip(MEMBER_SUFFIXES, payloads)]
+        index.builder.append(len(index.shards), [o for o, _ in where], [n for _, n in where])
         index.current.num_samples += 1
         if index.current.num_samples >= self.shard_size:
             index.shards.append(index.current.finish())
@@ -184,15 +192,8 @@ class DatasetWriter:
             if index.current is not None:
                 index.shards.append(index.current.finish())
                 index.current = None
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "created_by": _created_by(),
-            "settings": self.settings,
-            "splits": {name: self._splits[name].to_manifest() for name in sorted(self._splits)},
-        }
-        tmp = self.out_dir / (MANIFEST_NAME + ".partial")
-        tmp.write_bytes(encode_json(manifest))
-        os.replace(tmp, self.out_dir / MANIFEST_NAME)
+        manifest = write_manifest(self.out_dir, self.settings,
+                                  {name: self._splits[name].to_manifest() for name in sorted(self._splits)})
         self._closed = True
         return manifest
 
@@ -202,6 +203,7 @@ class DatasetWriter:
             if index.current is not None:
                 index.current.abort()
                 index.current = None
+            index.builder.abort()
         self._closed = True
 
     def __enter__(self) -> "DatasetWriter":
@@ -220,7 +222,7 @@ def _check_manifest(manifest, path: Path) -> None:
     def bad(why: str):
         return LpasrnError(f"malformed manifest {path}: {why}; recreate the dataset ({SYNTH_HINT})")
 
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise bad(f"format is {found!r}, expected {MANIFEST_FORMAT!r}")
     splits = manifest.get("splits")
@@ -229,16 +231,21 @@ def _check_manifest(manifest, path: Path) -> None:
     for name, split in splits.items():
         try:
             count = split["num_samples"]
-            members = split["members"]
-            columns = ["shard"] + [f"{f}_{kind}" for f in MEMBER_FIELDS for kind in ("offset", "size")]
-            lengths = {len(members[c]) for c in columns}
+            if "members" in split:  # format 1: offsets listed in the JSON
+                members = split["members"]
+                columns = ["shard"] + [f"{f}_{kind}" for f in MEMBER_FIELDS for kind in ("offset", "size")]
+                index_count = {len(members[c]) for c in columns}
+            else:
+                index = split["index"]
+                _ = index["file"], index["size"]
+                index_count = {index["records"]}
             shard_total = sum(s["num_samples"] for s in split["shards"])
             for shard in split["shards"]:
                 _ = shard["name"], shard["sha256"], shard["size"]
         except (KeyError, TypeError) as err:
             raise bad(f"split {name!r} lacks field {err}") from None
-        if lengths != {count} or shard_total != count:
-            raise bad(f"split {name!r} says {count} samples but its shards/member lists disagree")
+        if index_count != {count} or shard_total != count:
+            raise bad(f"split {name!r} says {count} samples but its shards/index disagree")
 
 
 def load_manifest(data_dir) -> dict:
@@ -275,6 +282,13 @@ def verify_shards(data_dir) -> list[str]:
     manifest = load_manifest(data_dir)
     problems = []
     for split in manifest["splits"].values():
+        index = split.get("index")
+        if index is not None:
+            path = data_dir / index["file"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != index["size"] or _sha256_of(path) != index["sha256"]:
+                problems.append(f"{path}: size or sha256 differs from the manifest")
         for shard in split["shards"]:
             path = data_dir / shard["name"]
             if not path.is_file():

@@ -6,10 +6,25 @@ epoch read through the indexed reader. Validation and scoring batches are in loc
 """
 from __future__ import annotations
 
-from torch.utils.data import DataLoader
+import itertools
+
+from torch.utils.data import DataLoader, Sampler
 
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
 from lpasrn.distributed.sampler import CurriculumSampler
+
+
+class SkipSampler(Sampler[int]):
+    """`sampler`'s indices from position `skip` on (the draw is made, the skipped samples are not read)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 class TrainBatches:
@@ -28,13 +43,16 @@ class TrainBatches:
                                        rank=accelerator.process_index, world_size=accelerator.num_processes,
                                        num_workers=data.num_workers, mode="resampled")
 
-    def for_epoch(self, epoch: int):
-        """Batches of this rank for `epoch`; the order depends only on (seed, epoch, rank)."""
+    def for_epoch(self, epoch: int, skip_batches: int = 0):
+        """Batches of this rank for `epoch` from batch `skip_batches` on; the order depends only on
+        (seed, epoch, rank), so a mid-epoch resume jumps to its position without decoding the
+        batches before it."""
         if self.stream is not None:
-            self.stream.set_epoch(epoch)
+            self.stream.set_epoch(epoch, skip_batches)
             return self.stream
         self.sampler.set_epoch(epoch)
-        return DataLoader(self.dataset, batch_size=self.cfg.data.batch_size, sampler=self.sampler,
+        positions = SkipSampler(self.sampler, skip_batches * self.cfg.data.batch_size)
+        return DataLoader(self.dataset, batch_size=self.cfg.data.batch_size, sampler=positions,
                           collate_fn=collate, num_workers=self.cfg.data.num_workers, drop_last=True)
 
     def after_epoch(self, epoch: int) -> None:

@@ -129,19 +129,19 @@ class StageRunner:
     def train_epoch(self, epoch: int) -> None:
         self.objective.epoch = epoch
         self.model.train()
-        batches = self.train_batches.for_epoch(epoch)
         skip, limit = self.state.step_in_epoch, self.cfg.train.max_steps_per_epoch or None
-        total = min(len(batches), limit) if limit else len(batches)
+        # A mid-epoch resume starts the batches at `skip` (nothing before it is decoded).
+        batches = self.train_batches.for_epoch(epoch, skip)
+        total = skip + len(batches)
+        total = min(total, limit) if limit else total
         bar = tqdm(total=total, initial=skip, desc=f"{self.spec.prefix} epoch {epoch + 1}/{self.stage_cfg.epochs}",
                    # None: tqdm switches itself off when stderr is not a terminal (a log file gets
                    # the one epoch line instead of thousands of carriage-return updates)
                    disable=None if self.acc.is_local_main_process else True, leave=False)
         started, samples = time.perf_counter(), 0
-        for index, batch in enumerate(batches):
+        for index, batch in enumerate(batches, start=skip):
             if limit and index >= limit:
                 break
-            if index < skip:  # mid-epoch resume: the order is a function of (seed, epoch), so skip
-                continue
             self.train_step(batch)
             samples += batch["hr"].shape[0]
             self.state.step_in_epoch = index + 1

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from lpasrn.config import Config, save_config
+from lpasrn.data.prepare import ensure_dataset
 from lpasrn.data.shards import load_manifest
 from lpasrn.errors import LpasrnError
 from lpasrn.models.lpasrn_arch import LPASRN, build_model
@@ -72,27 +73,14 @@ def build_lpasrn(cfg: Config) -> LPASRN:
 
 def ensure_data(cfg: Config, accelerator) -> None:
     """With data.synthesize_if_missing, render the default synthetic dataset when `data.dir` has
-    none (main process; the others wait); otherwise a missing dataset is a clear error.
+    none (main process; the others wait on the file system, not at a collective, see
+    data/prepare.py); otherwise a missing dataset is a clear error.
 
-    # NOTE: call on all ranks (wait_for_everyone).
+    # NOTE: call on all ranks (wait_for_everyone, reached once the dataset exists).
     """
-    d = cfg.data
-    missing = not (Path(d.dir) / "manifest.json").is_file()
-    if missing and d.synthesize_if_missing and accelerator.is_main_process:
-        if Path(d.dir).exists() and any(Path(d.dir).iterdir()):
-            raise LpasrnError(f"{d.dir} exists but has no manifest.json: not an lpasrn dataset; point "
-                              "data.dir elsewhere or create shards with `lpasrn data synth`/`lpasrn data import`")
-        from lpasrn.cli import main as lpasrn_cli
-
-        print(f"no dataset in {d.dir}: rendering the built-in synthetic plates "
-              f"({d.synth_train}/{d.synth_val}/{d.synth_test}, seed {d.synth_seed})")
-        status = lpasrn_cli(["data", "synth", "--out", str(d.dir), "--train", str(d.synth_train),
-                             "--val", str(d.synth_val), "--test", str(d.synth_test), "--seed", str(d.synth_seed),
-                             "--degradation", d.synth_degradation, "--shard-size", str(d.synth_shard_size)])
-        if status != 0:
-            raise LpasrnError(f"could not render the synthetic dataset into {d.dir}")
+    ensure_dataset(cfg.data, accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    load_manifest(d.dir)  # the same clear error on every rank if there is still no dataset
+    load_manifest(cfg.data.dir)  # the same clear error on every rank if there is still no dataset
 
 
 def stage_dir(cfg: Config, spec: StageSpec) -> Path:
