@@ -106,3 +106,14 @@ class TrainBatches:
     @property
     def read_errors(self):
         return self.stream.read_errors if self.stream is not None else self._read_errors
+
+
+def fixed_val_samples(cfg, count: int) -> dict | None:
+    """The first `count` validation plates (by sid), the same in every image grid of the run."""
+    dataset = IndexedPlateDataset(cfg.data.dir, "val")
+    count = min(count, len(dataset))
+    if count == 0:
+        return None
+    batch = collate([dataset[sid] for sid in range(count)])
+    dataset.close()
+    return batch
