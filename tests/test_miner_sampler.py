@@ -1,11 +1,13 @@
+import math
 import random
 
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from lpasrn.distributed.miner import HardExampleMiner
-from lpasrn.distributed.sampler import CurriculumSampler, epoch_seed
+from lpasrn.distributed.miner import HardExampleMiner, fixed_point_sum
+from lpasrn.distributed.sampler import CurriculumSampler, curriculum_progress, epoch_seed, weighted_draw
+from lpasrn.train.data_sources import next_draw_weights
 from lpasrn.distributed.sync import state_hash
 
 
@@ -148,28 +150,69 @@ def test_draw_frequencies_match_the_weights():
 
 
 def test_curriculum_moves_from_easy_to_hard_samples():
+    """Through the runner's own schedule (next_draw_weights after each epoch of a 5-epoch stage)."""
     miner = HardExampleMiner(40, difficulty_alpha=2.0)
     sids = list(range(40))
     miner.update(sids, [sid < 20 for sid in sids], [7] * 40, [7] * 40)  # 0..19 easy, 20..39 hard
     miner.sync()
-    epochs = 5
-    sampler = CurriculumSampler(lambda e: miner.sampling_weights(e / (epochs - 1)), 40, batch_size=10,
-                                rank=0, world_size=1, seed=0)
-    first = sampler.global_draw(0)
-    last = sampler.global_draw(epochs - 1)
-    counts_first = ((first < 20).sum().item(), (first >= 20).sum().item())
-    counts_last = ((last < 20).sum().item(), (last >= 20).sum().item())
-    assert counts_first[0] > counts_first[1]  # start: easy samples drawn more
-    assert counts_last[1] > counts_last[0]  # end: hard samples drawn more
+    epochs, current = 5, {"weights": next_draw_weights(miner, -1, 5, reweight_interval=1)}
+    sampler = CurriculumSampler(lambda e: current["weights"], 40, batch_size=10, rank=0, world_size=1, seed=0)
+    hard_share = []
+    for epoch in range(epochs):
+        draw = sampler.global_draw(epoch)
+        hard_share.append(int((draw >= 20).sum()) / draw.numel())
+        current["weights"] = next_draw_weights(miner, epoch, epochs, reweight_interval=1)
+    assert hard_share[0] < 0.5 < hard_share[-1]  # start: easy samples drawn more; end: hard ones
+    assert hard_share[2] == pytest.approx(0.5, abs=0.2)  # the middle epoch is uniform
+    # every 2 epochs: after epochs 0, 2 the weights stay, after 1, 3 they move on
+    assert next_draw_weights(miner, 0, epochs, reweight_interval=2) is None
+    assert torch.equal(next_draw_weights(miner, 1, epochs, 2), miner.sampling_weights(curriculum_progress(2, 5)))
+    assert [curriculum_progress(e, 5) for e in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def test_sampler_state_replays_the_epoch_draw():
-    weights = torch.ones(20, dtype=torch.float64)
-    sampler = CurriculumSampler(lambda e: weights, 20, batch_size=5, rank=1, world_size=2, seed=3)
-    sampler.set_epoch(2)
-    before = list(sampler)
-    state = sampler.state_dict()
-    weights[:10] = 1e-9  # the miner moved on after the draw
-    resumed = CurriculumSampler(lambda e: weights, 20, batch_size=5, rank=1, world_size=2, seed=3)
-    resumed.load_state_dict(state)
-    assert resumed.epoch == 2 and list(resumed) == before
+def test_checkpoint_between_syncs_does_not_fold_the_interval():
+    """A preemption save in the middle of an interval: the restored run, syncing once at the end, has
+    the EMA of the uninterrupted run (one step per interval), not the EMA of two intervals."""
+    straight = HardExampleMiner(2, ema_momentum=0.9)
+    straight.update([0], [True], [7], [7])
+    straight.sync()
+    straight.update([0, 0], [False, False], [0, 0], [7, 7])  # one interval, two observations
+    preempted = HardExampleMiner(2, ema_momentum=0.9)
+    preempted.update([0], [True], [7], [7])
+    preempted.sync()
+    preempted.update([0], [False], [0], [7])
+    saved = preempted.checkpoint_state()  # preempted after the first observation of the interval
+    resumed, other_rank = HardExampleMiner(2, ema_momentum=0.9), HardExampleMiner(2, ema_momentum=0.9)
+    resumed.load_state_dict(saved, holds_deltas=True)
+    other_rank.load_state_dict(saved, holds_deltas=False)
+    assert int(other_rank.deltas.abs().sum()) == 0  # only one rank carries the interval on
+    resumed.update([0], [False], [0], [7])
+    straight.sync()
+    resumed.sync()
+    assert straight.ema_accuracy[0].item() == 0.9  # 0.9 * 1 + 0.1 * 0: one EMA step
+    assert state_hash(resumed.state_dict()) == state_hash(straight.state_dict())
+
+
+def test_fixed_point_sum_is_order_free_and_close():
+    values = torch.rand(100_003, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    total = fixed_point_sum(values)
+    assert total == fixed_point_sum(values.flip(0)) == fixed_point_sum(values[torch.randperm(100_003)])
+    assert total == pytest.approx(math.fsum(values.tolist()), abs=1e-9)
+    assert fixed_point_sum(torch.ones(5, dtype=torch.float64)) == 5.0
+
+
+def test_counters_are_compact():
+    miner = HardExampleMiner(1000)
+    per_plate = sum(t.element_size() * t.shape[0] if t.dim() == 2 else t.element_size()
+                    for t in (miner.counters, miner.deltas, miner.ema_accuracy))
+    assert per_plate == 40  # 4 + 4 int32 counters, float64 EMA (was 72)
+
+
+def test_draw_reaches_ids_beyond_two_to_the_24():
+    """torch.multinomial refuses more than 2^24 categories; the inverse-CDF draw takes any N."""
+    n = 2**24 + 64
+    weights = torch.full((n,), 1e-9, dtype=torch.float64)
+    weights[-64:] = 1.0  # almost all mass above 2^24
+    weights[-1] = 0.0  # a zero weight is never drawn, even at the very end of the CDF
+    draw = weighted_draw(weights, 4096, torch.Generator().manual_seed(0))
+    assert int((draw >= 2**24).sum()) > 4000 and int(draw.max()) <= n - 2 and int(draw.min()) >= 0

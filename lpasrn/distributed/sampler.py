@@ -1,12 +1,15 @@
 """Curriculum weighted sampler: one global weighted draw per epoch, sliced between ranks.
 
-Every rank computes the same draw from the same weights with a generator seeded from
-(seed, epoch), then keeps its own contiguous slice. Ranks never communicate here, never disagree
-on which sample goes where, and all run the same number of steps, so none waits at epoch end.
+Rank 0 draws the epoch's sample ids from its weights with a generator seeded from (seed, epoch)
+and broadcasts them; every rank keeps its own contiguous slice. Ranks therefore never disagree on
+which sample goes where, even if their float weights differed in the last bit (vectorised `exp`
+on mixed CPU generations), and all run the same number of steps, so none waits at epoch end.
 
-# NOTE: distributed invariant. The weights returned by `weights_fn(epoch)` must already be
-# bitwise identical on all ranks: sync the miner (HardExampleMiner.sync, on all ranks) before
-# `set_epoch`. The sampler itself makes no collective call.
+The draw is an inverse CDF on the float64 cumulative weights (`searchsorted` of float64 uniforms),
+so it works for any number of samples: `torch.multinomial` refuses more than 2^24 categories.
+
+# NOTE: distributed invariant. `set_epoch` is a collective (one broadcast) when a process group of
+# `world_size` ranks is running: call it on all ranks, at the same epochs.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+from lpasrn.distributed.sync import broadcast_from_main_, is_distributed
+from lpasrn.distributed.sync import rank as group_rank
+from lpasrn.distributed.sync import world_size as group_size
 
 WeightsFn = Callable[[int], torch.Tensor]
 
@@ -25,13 +32,33 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def curriculum_progress(epoch: int, epochs: int) -> float:
+    """Where the draw of `epoch` (0-based) of a stage of `epochs` sits on the curriculum: 0 favours
+    easy samples, 0.5 is uniform, 1 favours hard ones (HardExampleMiner.sampling_weights)."""
+    return min(1.0, max(0, epoch) / max(1, epochs - 1))
+
+
+def weighted_draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """LongTensor [count]: ids drawn with replacement, P(i) = weights[i] / sum(weights), any length.
+
+    Inverse CDF: u ~ U[0, total) in float64, id = first i with cumsum[i] > u. A zero weight adds
+    nothing to the cumulative sum, so it is never drawn.
+    """
+    cdf = torch.cumsum(weights.to(torch.float64), 0)
+    uniforms = torch.rand(count, dtype=torch.float64, generator=generator).mul_(cdf[-1])
+    ids = torch.searchsorted(cdf, uniforms, right=True)
+    # u * total may round up to total: such a draw takes the last id that has weight
+    last = int(torch.nonzero(weights > 0)[-1])
+    return ids.clamp_max_(last)
+
+
 class CurriculumSampler(Sampler[int]):
     """Yields the sids of this rank's share of the epoch's global draw (with replacement).
 
-    `weights_fn(epoch)` returns float [num_samples] non-negative weights (e.g.
-    `lambda e: miner.sampling_weights(e / max(1, epochs - 1))`). The epoch draw has
-    `num_samples` rounded to a multiple of batch_size * world_size: down with drop_last (the
-    default), up otherwise (drawing with replacement, so a few extra draws cost nothing).
+    `weights_fn(epoch)` returns float [num_samples] non-negative weights (the runner passes the
+    miner's weights at `curriculum_progress`). The epoch draw has `num_samples` rounded to a
+    multiple of batch_size * world_size: down with drop_last (the default), up otherwise (drawing
+    with replacement, so a few extra draws cost nothing).
     """
 
     def __init__(self, weights_fn: WeightsFn, num_samples: int, batch_size: int, rank: int, world_size: int,
@@ -57,49 +84,48 @@ class CurriculumSampler(Sampler[int]):
         self.total_size = total
         self.per_rank = total // world_size
         self.epoch = 0
-        self._draw: torch.Tensor | None = None  # global draw of self.epoch, computed once
+        self._slice: torch.Tensor | None = None  # this rank's slice of self.epoch's draw
 
     def _weights(self, epoch: int) -> torch.Tensor:
         weights = torch.as_tensor(self.weights_fn(epoch)).detach().to("cpu", torch.float64).reshape(-1)
         if weights.numel() != self.num_samples:
             raise ValueError(f"weights_fn({epoch}) gave {weights.numel()} weights for "
                              f"{self.num_samples} samples")
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not bool((weights > 0).any()):
             raise ValueError(f"weights_fn({epoch}) gave weights that are negative, not finite, or all zero")
         return weights
 
     def global_draw(self, epoch: int) -> torch.Tensor:
-        """LongTensor [total_size]: the sids every rank draws for `epoch` (rank r takes slice r)."""
+        """LongTensor [total_size]: the sids drawn for `epoch` from this process's weights (rank r
+        takes slice r). Local: no communication."""
         generator = torch.Generator(device="cpu")
         generator.manual_seed(epoch_seed(self.seed, epoch))
-        return torch.multinomial(self._weights(epoch), self.total_size, replacement=True, generator=generator)
+        return weighted_draw(self._weights(epoch), self.total_size, generator)
+
+    def _shared(self) -> bool:
+        return is_distributed() and group_size() == self.world_size > 1
 
     def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch and draw its samples now (weights are read once, at this call)."""
+        """Fix the epoch and draw its samples now (weights are read once, at this call).
+
+        # NOTE: call on all ranks: rank 0 draws, the others receive its draw (one broadcast).
+        """
         self.epoch = int(epoch)
-        self._draw = self.global_draw(self.epoch)
+        if self._shared():
+            draw = self.global_draw(self.epoch) if group_rank() == 0 else torch.empty(self.total_size, dtype=torch.int64)
+            broadcast_from_main_(draw)
+        else:
+            draw = self.global_draw(self.epoch)
+        start = self.rank * self.per_rank
+        self._slice = draw[start:start + self.per_rank].clone()
 
     def rank_slice(self) -> torch.Tensor:
-        if self._draw is None:
+        if self._slice is None:
             self.set_epoch(self.epoch)
-        start = self.rank * self.per_rank
-        return self._draw[start:start + self.per_rank]
+        return self._slice
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.rank_slice().tolist())
 
     def __len__(self) -> int:
         return self.per_rank
-
-    def state_dict(self) -> dict:
-        """The epoch and its global draw, so a run resumed mid-epoch replays the same samples even
-        though the miner (and so the weights) moved on after the draw."""
-        return {"epoch": self.epoch, "draw": None if self._draw is None else self._draw.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        draw = state["draw"]
-        if draw is not None and draw.numel() != self.total_size:
-            raise ValueError(f"saved draw has {draw.numel()} sids, this sampler draws {self.total_size} per "
-                             "epoch (batch size or number of ranks changed)")
-        self._draw = None if draw is None else draw.detach().to("cpu", torch.int64).clone()

@@ -42,23 +42,40 @@ def _collective_device(tensor: torch.Tensor) -> torch.device:
     return tensor.device
 
 
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum_(tensor: torch.Tensor, widen: bool = True) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place, and return it.
 
     The sum runs in float64 (floating tensors) or int64 (integer/bool tensors) on the device the
     backend needs (the current CUDA device for NCCL), and the result is copied back into `tensor`
     with its own dtype and device. Without an initialised process group it does nothing.
+    `widen=False` keeps the tensor's own dtype (no widened copy of a large int32 counter tensor;
+    the caller guarantees the sum fits).
 
     # NOTE: call on all ranks, in the same order, with tensors of the same shape; a rank that skips
     # the call makes every other rank hang.
     """
     if not is_distributed():
         return tensor
-    work = tensor.detach().to(device=_collective_device(tensor), dtype=_reduce_dtype(tensor.dtype))
+    dtype = _reduce_dtype(tensor.dtype) if widen else tensor.dtype
+    work = tensor.detach().to(device=_collective_device(tensor), dtype=dtype)
     work = work.contiguous()  # may alias `tensor` when nothing had to change: reduced in place then
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     if work.data_ptr() != tensor.data_ptr():
         tensor.copy_(work.to(device=tensor.device, dtype=tensor.dtype))
+    return tensor
+
+
+def broadcast_from_main_(tensor: torch.Tensor) -> torch.Tensor:
+    """Overwrite `tensor` on every rank with rank 0's values, in place (no-op in a single process).
+
+    # NOTE: call on all ranks with tensors of the same shape and dtype.
+    """
+    if not is_distributed():
+        return tensor
+    work = tensor.detach().to(device=_collective_device(tensor)).contiguous()
+    dist.broadcast(work, src=0)
+    if work.data_ptr() != tensor.data_ptr():
+        tensor.copy_(work.to(device=tensor.device))
     return tensor
 
 

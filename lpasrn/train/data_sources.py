@@ -3,15 +3,68 @@
 Training uses the resampled stream (every rank yields the same number of batches, so no rank waits
 at a gradient all-reduce the others never reach) or, in hard mining, one global weighted draw per
 epoch read through the indexed reader. Validation and scoring batches are in lockstep.py.
+
+Both count and skip corrupt samples the same way: the sample is left out of its batch, named in
+`batch["corrupt"]`, and counted in `read_errors`, which the runner reports at the end of the stage.
 """
 from __future__ import annotations
 
 import itertools
 
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
-from lpasrn.distributed.sampler import CurriculumSampler
+from lpasrn.data.read_decode import corrupt_entry
+from lpasrn.data.readers import CorruptSampleError, IndexedPlateDataset, ReadErrors, StreamReader, collate
+from lpasrn.distributed.sampler import CurriculumSampler, curriculum_progress
+
+
+class SkipCorrupt(Dataset):
+    """`dataset[sid]`, or a record of why that sample cannot be read (never an exception, which would
+    end the stage on this rank only and leave the others waiting in a collective)."""
+
+    def __init__(self, dataset: IndexedPlateDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, sid: int) -> dict:
+        try:
+            return self.dataset[sid]
+        except CorruptSampleError as err:
+            return {"corrupt": corrupt_entry(err)}
+
+
+def collate_skipping(items: list[dict]) -> dict:
+    return collate([i for i in items if "corrupt" not in i], [i["corrupt"] for i in items if "corrupt" in i])
+
+
+class CountedBatches:
+    """The weighted loader's batches, recording each batch's corrupt samples in `read_errors` as it
+    is yielded (in the main process, whatever num_workers is).
+
+    # NOTE: a batch of corrupt samples is still yielded (smaller, or empty): the sampler gives every
+    # rank the same number of batches and the runner steps on each, empty ones with a stand-in.
+    """
+
+    def __init__(self, loader: DataLoader, read_errors: ReadErrors):
+        self.loader, self.read_errors = loader, read_errors
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.read_errors.record(batch["corrupt"])
+            yield batch
+
+
+def next_draw_weights(miner, finished_epoch: int, epochs: int, reweight_interval: int):
+    """The curriculum: after `finished_epoch` (-1: after the scoring pass), the weights of the next
+    epoch's draw, or None to keep the current ones (re-weighting every `reweight_interval` epochs)."""
+    if (finished_epoch + 1) % reweight_interval != 0:
+        return None
+    return miner.sampling_weights(curriculum_progress(finished_epoch + 1, epochs))
 
 
 class SkipSampler(Sampler[int]):
@@ -33,10 +86,11 @@ class TrainBatches:
         data = cfg.data
         if spec.sampler == "weighted":
             self.dataset = IndexedPlateDataset(data.dir, "train")
-            self.weights = stats.miner.sampling_weights(0.0)
+            self.weights = stats.miner.sampling_weights(curriculum_progress(0, stage_cfg.epochs))
             self.sampler = CurriculumSampler(lambda epoch: self.weights, len(self.dataset), data.batch_size,
                                              accelerator.process_index, accelerator.num_processes, cfg.seed)
             self.stream = None
+            self._read_errors = ReadErrors()
         else:
             # NOTE: resampled mode: every rank yields exactly the same number of batches per epoch.
             self.stream = StreamReader(data.dir, "train", data.batch_size, seed=cfg.seed,
@@ -46,27 +100,30 @@ class TrainBatches:
     def for_epoch(self, epoch: int, skip_batches: int = 0):
         """Batches of this rank for `epoch` from batch `skip_batches` on; the order depends only on
         (seed, epoch, rank), so a mid-epoch resume jumps to its position without decoding the
-        batches before it."""
+        batches before it.
+
+        # NOTE: call on all ranks: the weighted sampler's draw is broadcast from rank 0."""
         if self.stream is not None:
             self.stream.set_epoch(epoch, skip_batches)
             return self.stream
         self.sampler.set_epoch(epoch)
         positions = SkipSampler(self.sampler, skip_batches * self.cfg.data.batch_size)
-        return DataLoader(self.dataset, batch_size=self.cfg.data.batch_size, sampler=positions,
-                          collate_fn=collate, num_workers=self.cfg.data.num_workers, drop_last=True)
+        loader = DataLoader(SkipCorrupt(self.dataset), batch_size=self.cfg.data.batch_size, sampler=positions,
+                            collate_fn=collate_skipping, num_workers=self.cfg.data.num_workers, drop_last=True)
+        return CountedBatches(loader, self._read_errors)
 
     def after_epoch(self, epoch: int) -> None:
-        """Re-weight every `reweight_interval` epochs from the synced miner (identical on all ranks)."""
+        """Re-weight from the synced miner on the curriculum's schedule."""
         if self.stream is not None:
             return
         mining = self.stage_cfg.hard_mining
-        if (epoch + 1) % mining.reweight_interval == 0:
-            progress = min(1.0, (epoch + 1) / max(1, self.stage_cfg.epochs - 1))
-            self.weights = self.stats.miner.sampling_weights(progress)
+        weights = next_draw_weights(self.stats.miner, epoch, self.stage_cfg.epochs, mining.reweight_interval)
+        if weights is not None:
+            self.weights = weights
 
     @property
     def read_errors(self):
-        return self.stream.read_errors if self.stream is not None else None
+        return self.stream.read_errors if self.stream is not None else self._read_errors
 
 
 def fixed_val_samples(cfg, count: int) -> dict | None:
