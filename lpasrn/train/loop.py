@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
+from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
@@ -227,12 +228,12 @@ class StageRunner:
 
     def check_preemption(self) -> None:
         """# NOTE: call on all ranks at the same step: check_trigger is an all-reduce."""
-        if self.preempt_file is not None and self.preempt_file.exists():
+        if preemption_requested(self.preempt_file):  # the mark file, or SIGTERM/SIGUSR1 to this rank
             self.acc.set_trigger()
         if self.acc.check_trigger():
             path = self.save(mid_epoch=True)
-            if self.acc.is_main_process and self.preempt_file is not None:
-                self.preempt_file.unlink(missing_ok=True)  # the request is served: a resume must not stop again
+            # the request is served: a resume must not stop again
+            clear_preemption_request(self.preempt_file, remove_mark=self.acc.is_main_process)
             self.acc.print(f"[{self.spec.prefix}] preemption requested: saved {path}, exiting for requeue")
             finish_stage_trackers(self.acc)
             raise Preempted(str(path))

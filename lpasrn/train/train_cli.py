@@ -34,6 +34,7 @@ def run_train(args) -> int:
     import torch
 
     from lpasrn.config import load_config
+    from lpasrn.distributed.preemption import describe_rank, install_signal_handlers, restore_signal_handlers
     from lpasrn.train.loop import Preempted
     from lpasrn.train.pipeline import make_accelerator, run_stages
     from lpasrn.train.stages import parse_stage_arg
@@ -50,15 +51,20 @@ def run_train(args) -> int:
         torch.autograd.set_detect_anomaly(True)
     cfg = load_config(args.config, args.set)
     specs = parse_stage_arg(args.stage)
-    accelerator = make_accelerator(cfg)
-    accelerator.print(f"lpasrn: {accelerator.distributed_type} x{accelerator.num_processes} on "
-                      f"{accelerator.device}, stages {[s.index for s in specs]}, run dir {cfg.run_dir}")
-    started = time.time()
+    previous_handlers = install_signal_handlers()  # NOTE: every rank, before the first collective
     try:
+        accelerator = make_accelerator(cfg)
+        print(describe_rank(accelerator), flush=True)  # every rank: the layout is checkable from a job log
+        accelerator.print(f"lpasrn: {accelerator.distributed_type} x{accelerator.num_processes} on "
+                          f"{accelerator.device}, stages {[s.index for s in specs]}, run dir {cfg.run_dir}")
+        started = time.time()
         export = run_stages(cfg, specs, args.resume, accelerator)
     except Preempted as done:
+        print(f"lpasrn-rank: rank {accelerator.process_index} saved its part of {done}; exiting 0", flush=True)
         accelerator.print(f"lpasrn: preempted; checkpoint {done}; requeue and resume with --resume auto")
         return 0
+    finally:
+        restore_signal_handlers(previous_handlers)
     accelerator.print(f"lpasrn: finished in {time.time() - started:.0f} s; best weights in {export}")
     if args.eval:
         evaluate_after_training(cfg, export, accelerator)
