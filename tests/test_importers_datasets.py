@@ -73,6 +73,14 @@ def test_ufpr_split_file_option_overrides_the_root_file(tmp_path):
         [(UFPR_TRACKS[1][0], f"not listed in split file {other}")]
 
 
+def test_ufpr_one_resolution_folder_with_the_release_split_file(tmp_path):
+    src = tmp_path / "src"
+    write_ufpr_source(src)
+    items = list(iter_records("ufpr", src / "dataset_intelbras_1280X960", split_file=src / "split_all.txt"))
+    assert [r for _, r in items if isinstance(r, RejectedRecord)] == []  # the other folder's lines: not ours
+    assert splits_by_track(items) == {"mercosur/plate-001348": {"test"}}
+
+
 def test_ufpr_default_split_never_puts_one_plate_in_two_splits(tmp_path):
     src = tmp_path / "src"
     # The authors' sample split lists AAA9357 in three tracks; here six, plus two other plates.

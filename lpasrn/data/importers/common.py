@@ -11,6 +11,7 @@ Deterministic hash split (used when no split file is given): sha256 of "<seed>:<
 from __future__ import annotations
 
 import hashlib
+import os
 import math
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
@@ -283,6 +284,8 @@ def split_assignments(candidates: dict[str, Path], split_file: Path | None, seed
             continue
         _where, name, split = entry
         key = entry_key(name)
+        if key is None:  # the entry lies outside the folder being imported (another part of the dataset)
+            continue
         if key not in candidates:
             yield split, RejectedRecord(str(split_file.parent / name),
                                         f"file named in split file {split_file.name} does not exist")
@@ -309,16 +312,24 @@ def default_split_file(src: Path, pattern: str = "split*.txt") -> Path | None:
     return found[0] if found else None
 
 
-def names_by_track_name(candidates: dict[str, Path]) -> Callable[[str], str]:
-    """entry -> candidate key: the normalised path, or a bare track name when exactly one track has it."""
+def names_by_track_name(candidates: dict[str, Path], src: Path,
+                        split_file: Path | None) -> Callable[[str], str | None]:
+    """entry -> candidate key: the entry as a path relative to SRC, a bare track name when exactly
+    one track has it, else the entry read relative to the split file's folder (the dataset root, where the
+    releases keep it). None for a path outside SRC: importing one sub-folder of a dataset with the
+    dataset's split file leaves the other sub-folders' entries out instead of rejecting them."""
     by_name: dict[str, list[str]] = {}
     for key in candidates:
         by_name.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    root, base = src.resolve(), (split_file.parent if split_file else src).resolve()
 
-    def entry_key(entry: str) -> str:
+    def entry_key(entry: str) -> str | None:
         key = entry_path(entry)
-        if key not in candidates and "/" not in key and len(by_name.get(key, [])) == 1:
+        if key in candidates:
+            return key
+        if "/" not in key and len(by_name.get(key, [])) == 1:
             return by_name[key][0]
-        return key
+        listed = PurePosixPath(os.path.relpath(base / key, root)).as_posix()
+        return None if listed.startswith("../") else listed
 
     return entry_key

@@ -83,7 +83,8 @@ def iter_lrlpr(src: Path, split_file: Path | None = None, seed: int = 0,
         return notes[key][1] if not isinstance(notes[key], RecordProblem) else key
 
     def items() -> Iterator[ImportItem]:
-        assigned = split_assignments(tracks, split_file, seed, names_by_track_name(tracks), hash_key)
+        assigned = split_assignments(tracks, split_file, seed, names_by_track_name(tracks, src, split_file),
+                                     hash_key)
         for split, track in assigned:
             if isinstance(track, RejectedRecord):
                 yield split, track

@@ -71,8 +71,8 @@ def iter_ufpr(src: Path, split_file: Path | None = None, seed: int = 0,
         return texts[key] if isinstance(texts[key], str) else key
 
     def items() -> Iterator[ImportItem]:
-        assigned = split_assignments(tracks, split_file, seed, names_by_track_name(tracks), hash_key,
-                                     widths=(2, 3))
+        assigned = split_assignments(tracks, split_file, seed, names_by_track_name(tracks, src, split_file),
+                                     hash_key, widths=(2, 3))
         for split, track in assigned:
             if isinstance(track, RejectedRecord):
                 yield split, track
