@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lr-only", action="store_true",
                         help="lrlpr: export the LR-only test tracks as flat crops for `lpasrn sr` (no shards)")
     parser.set_defaults(func=run)
+    # `data merge` writes shards like an import; registered here so the command table stays as it is.
+    from lpasrn.data import merge_cli
+    merge_cli.register(subparsers)
 
 
 def staging_dir(out: Path) -> Path:
