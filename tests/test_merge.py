@@ -53,3 +53,22 @@ def test_merge_refuses_inputs_with_the_same_name_and_non_datasets(tmp_path):
     with pytest.raises(LpasrnError, match=str(tmp_path / "b")):
         merge([tmp_path / "a" / "data", tmp_path / "b"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_shards_finds_flipped_truncated_and_missing_shards_and_merge_refuses(tmp_path):
+    write_rodosol_source(tmp_path / "src")
+    data = tmp_path / "data"
+    assert main(["data", "import", "rodosol", str(tmp_path / "src"), "--out", str(data)]) == 0
+    assert verify_shards(data) == []
+    flipped, truncated, missing = (data / f"{split}-000000.tar" for split in ("train", "val", "test"))
+    raw = bytearray(flipped.read_bytes())
+    raw[700] ^= 0x01  # one bit inside the first member: same size, other sha256
+    flipped.write_bytes(bytes(raw))
+    truncated.write_bytes(truncated.read_bytes()[:-512])
+    missing.unlink()
+    assert sorted(verify_shards(data)) == sorted([f"{flipped}: size or sha256 differs from the manifest",
+                                                  f"{truncated}: size or sha256 differs from the manifest",
+                                                  f"{missing}: missing"])
+    with pytest.raises(LpasrnError, match=f"input {data} is damaged, nothing merged: .*{flipped.name}"):
+        merge([data], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,9 @@ input order, so sids are dense 0..N-1 over the union; each sample keeps its `sou
 `ufpr:...`, `rodosol:...`, so evaluation's `by_source` still reports each dataset) and its track
 id is qualified by its input folder name (`<name>/<track>`), since two datasets may use the same
 track names. The manifest's settings list the inputs with their formats and per-split counts.
-Built in a hidden sibling folder and renamed when complete, like `lpasrn data import`.
+Every input's shards are re-hashed against its manifest first (verify_shards); a damaged input
+stops the merge, naming the shard. Built in a hidden sibling folder and renamed when complete, like
+`lpasrn data import`.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from PIL import Image
 
 from lpasrn.data.read_indexed import IndexedPlateDataset
 from lpasrn.data.records import PlateRecord
-from lpasrn.data.shards import DatasetWriter, load_manifest
+from lpasrn.data.shards import DatasetWriter, load_manifest, verify_shards
 from lpasrn.errors import LpasrnError
 
 
@@ -37,7 +39,8 @@ def register(subparsers) -> None:
 
 
 def check_inputs(inputs: list[Path]) -> dict[str, dict]:
-    """{input folder name: manifest}; unreadable manifests and repeated names are errors naming them."""
+    """{input folder name: manifest}; unreadable manifests, shards that fail their sha256 and
+    repeated names are errors naming them."""
     manifests: dict[str, dict] = {}
     for path in inputs:
         name = path.resolve().name
@@ -45,6 +48,9 @@ def check_inputs(inputs: list[Path]) -> dict[str, dict]:
             raise LpasrnError(f"two inputs are named {name!r}: track ids are qualified by the input folder "
                               f"name, so rename one")
         manifests[name] = load_manifest(path)  # raises naming the folder when it is no dataset
+        problems = verify_shards(path)  # a merge would copy corruption into a dataset that looks whole
+        if problems:
+            raise LpasrnError(f"input {path} is damaged, nothing merged: " + "; ".join(problems))
     return manifests
 
 
