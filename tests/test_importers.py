@@ -12,7 +12,7 @@ import pytest
 
 from fixtures_formats import (noise_image, scene_with_plate, truncate_file,
                               write_folder_source, write_lrlpr_source, write_rodosol_source,
-                              write_split_source, write_ufpr_source)
+                              write_split_source)
 from lpasrn.cli import main
 from lpasrn.data.importers import iter_records
 from lpasrn.data.importers.common import perspective_coefficients, order_corners, rectify
@@ -78,40 +78,16 @@ def test_rodosol_round_trip_rectified_and_deterministic(tmp_path):
 
 
 def test_rodosol_split_file_rejects_missing_and_unlisted(tmp_path):
-    write_rodosol_source(tmp_path / "src")
-    split_file = tmp_path / "src" / "split.txt"
-    split_file.write_text("./images/cars/img_000001.png;training\nimages/cars/img_000002.png;testing\n"
-                          "images/cars/img_000099.png;validation\n")
+    write_rodosol_source(tmp_path / "src", split_file=False)
+    split_file = tmp_path / "mine.txt"
+    split_file.write_text("./src/images/cars-br/img_000001.jpg;training\nsrc/images/cars-me/img_010001.jpg;testing\n"
+                          "src/images/cars-br/img_000099.jpg;validation\n")
     items = list(iter_records("rodosol", tmp_path / "src", split_file=split_file))
     kept = {r.source: split for split, r in items if isinstance(r, PlateRecord)}
-    assert kept == {"rodosol:images/cars/img_000001.png": "train", "rodosol:images/cars/img_000002.png": "test"}
+    assert kept == {"rodosol:images/cars-br/img_000001.jpg": "train", "rodosol:images/cars-me/img_010001.jpg": "test"}
     rejected = {Path(r.path).name: r.reason for _, r in items if isinstance(r, RejectedRecord)}
-    assert rejected["img_000099.png"] == "file named in split file split.txt does not exist"
-    assert rejected["img_000003.png"].startswith("not listed in split file")
-
-
-def test_ufpr_round_trip_text_from_file_and_tracks_in_one_split(tmp_path):
-    texts = write_ufpr_source(tmp_path / "src")
-    items = list(iter_records("ufpr", tmp_path / "src", seed=1))
-    records, rejected = round_trip(items, tmp_path / "out")
-    assert rejected == []
-    assert texts_by(records, lambda r: r.track) == texts
-    splits_of_track = defaultdict(set)
-    for split, record in items:
-        splits_of_track[record.track].add(split)
-    assert all(len(s) == 1 for s in splits_of_track.values()) and len(splits_of_track) == 2
-    assert sum(len(r) for r in records.values()) == 4
-
-
-def test_lrlpr_round_trip_normalised_text_and_json_split(tmp_path):
-    texts = write_lrlpr_source(tmp_path / "src")
-    items = list(iter_records("lrlpr", tmp_path / "src"))
-    records, rejected = round_trip(items, tmp_path / "out")
-    assert rejected == []
-    assert texts_by(records, lambda r: r.track) == texts
-    assert {r.track for r in records["val"]} == {"track-b"}
-    rectified = np.asarray(next(r for _, r in items if r.track == "track-a").hr)
-    assert np.allclose(rectified[8:24, 20:76].reshape(-1, 3).mean(axis=0), (250, 200, 20), atol=12)
+    assert rejected["img_000099.jpg"] == "file named in split file mine.txt does not exist"
+    assert rejected["img_010002.jpg"].startswith("not listed in split file")
 
 
 def test_folder_round_trip(tmp_path):
@@ -158,7 +134,8 @@ def test_bad_records_are_rejected_with_path_and_reason(tmp_path):
     assert reasons["p1_hr.png"] == f"missing plate text ({images / 'p1_hr.txt'} line 'plate:')"
     assert "characters outside 0-9A-Z: '#'" in reasons["p2_hr.png"]
     assert reasons["p3_hr.png"] == f"annotation file not found: {images / 'p3_hr.txt'}"
-    assert reasons["gone_hr.png"] == f"file named in split file split.txt does not exist: {images / 'gone_hr.png'}"
+    assert reasons["gone_hr.png"] == (f"file named in split file split.txt does not exist: images/gone_hr.png "
+                                      f"(looked in the working directory {Path.cwd()} and in {src})")
     assert reasons["split.txt:6"] == "unknown phase 'later' (expected training, validation or testing)"
 
 
@@ -175,26 +152,19 @@ def test_folder_empty_text_size_and_aspect_mismatch(tmp_path):
     assert reasons["extra.png"] == "no row in labels.csv"
 
 
-def test_track_formats_reject_missing_text_and_bad_frames(tmp_path):
-    src = tmp_path / "ufpr"
-    write_ufpr_source(src)
-    (src / "plate-00001" / "plate.txt").unlink()
-    (src / "plate-00002" / "hr-002.png").unlink()
-    (src / "plate-00002" / "hr-001.json").write_text("{not json")
-    reasons = rejections(iter_records("ufpr", src))
-    assert reasons["plate-00001"].startswith("missing plate text file in")
-    assert reasons["lr-002.png"] == "no matching hr-002 image for lr-002.png"
-    assert reasons["lr-001.png"].startswith(f"invalid LabelMe corner file {src / 'plate-00002' / 'hr-001.json'}")
+def test_lrlpr_rejects_bad_corners_and_missing_text(tmp_path):
     lrlpr = tmp_path / "lrlpr"
     write_lrlpr_source(lrlpr)
-    notes = json.loads((lrlpr / "track-a" / "annotations.json").read_text())
-    notes["frames"][0]["corners_hr"] = [[1, 1], [2, 2]]
-    (lrlpr / "track-a" / "annotations.json").write_text(json.dumps(notes))
-    (lrlpr / "track-b" / "annotations.json").write_text(json.dumps({"frames": []}))
-    items = list(iter_records("lrlpr", lrlpr))
-    bad = {r.path: r.reason for _, r in items if isinstance(r, RejectedRecord)}
-    assert bad[f"{lrlpr / 'track-a' / 'annotations.json'} frames[0]"].startswith("expected 4 corner points")
-    assert bad[str(lrlpr / "track-b" / "annotations.json")].startswith("missing plate text")
+    a, b = lrlpr / "train/Scenario-A/Brazilian/track_00001", lrlpr / "train/Scenario-B/Mercosur/track_00001"
+    notes = json.loads((a / "annotations.json").read_text())
+    del notes["corners"]["hr-001.png"]["top-right"]
+    (a / "annotations.json").write_text(json.dumps(notes))
+    (b / "annotations.json").write_text(json.dumps({"corners": {}}))
+    (a / "hr-002.png").unlink()
+    bad = {r.path: r.reason for _, r in iter_records("lrlpr", lrlpr) if isinstance(r, RejectedRecord)}
+    assert bad[str(a / "lr-001.png")] == "corners of hr-001.png lack top-right"
+    assert bad[str(a / "lr-002.png")] == "no matching hr-002 image for lr-002.png"
+    assert bad[str(b / "annotations.json")].startswith("missing plate text")
 
 
 @pytest.mark.parametrize("fmt", ["split", "rodosol", "ufpr", "lrlpr"])

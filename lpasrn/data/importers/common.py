@@ -11,8 +11,9 @@ Deterministic hash split (used when no split file is given): sha256 of "<seed>:<
 from __future__ import annotations
 
 import hashlib
+import os
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -239,31 +240,54 @@ def read_split_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 
-def split_assignments(candidates: dict[str, Path], split_file: Path | None, seed: int,
-                      entry_key: Callable[[str], str]) -> Iterator[tuple[str, Path | RejectedRecord]]:
-    """(split, path) for every candidate, from a `NAME;phase` split file or the hash split.
+def entry_path(entry: str) -> str:
+    """A split-file path as a key: './a/b/' and 'a\\b' -> 'a/b' (split files write './' paths)."""
+    return PurePosixPath(entry.strip().replace("\\", "/")).as_posix().removeprefix("./")
 
-    With a split file, an entry naming no candidate and a candidate the file does not list are
-    both rejected (so nothing is dropped silently); `entry_key` maps an entry to a candidate key.
+
+def read_split_entries(split_file: Path, widths: tuple[int, ...] = (2,)) -> Iterator[tuple[str, str, str] | RejectedRecord]:
+    """(where, entry, split) for every line of a split file, or a RejectedRecord for a bad line.
+
+    The entry is the second-to-last field and the phase the last, so `NAME;phase` and UFPR's
+    `TEXT;./<res>/<layout>/plate-N;phase` are read by the same rule (`widths`: field counts allowed).
+    """
+    expected = " or ".join(("NAME;phase", "TEXT;PATH;phase")[:len(widths)])
+    for number, fields in read_split_lines(split_file):
+        where = f"{split_file}:{number}"
+        if len(fields) not in widths:
+            yield RejectedRecord(where, f"expected {expected}, got {';'.join(fields)!r}")
+            continue
+        try:
+            yield where, fields[-2], phase_to_split(fields[-1])
+        except RecordProblem as problem:
+            yield RejectedRecord(where, str(problem))
+
+
+def split_assignments(candidates: dict[str, Path], split_file: Path | None, seed: int,
+                      entry_key: Callable[[str], str], hash_key: Callable[[str], str] | None = None,
+                      widths: tuple[int, ...] = (2,)) -> Iterator[tuple[str, Path | RejectedRecord]]:
+    """(split, path) for every candidate, from a split file or the hash split.
+
+    Without a split file each candidate gets `hash_split(hash_key(key))` (default: its own key; track
+    formats pass the plate text so a plate seen in several tracks never lands in two splits).
+    With one, an entry naming no candidate and a candidate the file does not list are both
+    rejected (so nothing is dropped silently); `entry_key` maps an entry to a candidate key.
     """
     if split_file is None:
         for key, path in candidates.items():
-            yield hash_split(key, seed), path
+            yield hash_split(hash_key(key) if hash_key else key, seed), path
         return
     listed: dict[str, str] = {}
-    for number, fields in read_split_lines(split_file):
-        where = f"{split_file}:{number}"
-        if len(fields) != 2:
-            yield UNKNOWN_SPLIT, RejectedRecord(where, f"expected 'NAME;phase', got {';'.join(fields)!r}")
+    for entry in read_split_entries(split_file, widths):
+        if isinstance(entry, RejectedRecord):
+            yield UNKNOWN_SPLIT, entry
             continue
-        try:
-            split = phase_to_split(fields[1])
-        except RecordProblem as problem:
-            yield UNKNOWN_SPLIT, RejectedRecord(where, str(problem))
+        _where, name, split = entry
+        key = entry_key(name)
+        if key is None:  # the entry lies outside the folder being imported (another part of the dataset)
             continue
-        key = entry_key(fields[0])
         if key not in candidates:
-            yield split, RejectedRecord(str(split_file.parent / fields[0]),
+            yield split, RejectedRecord(str(split_file.parent / name),
                                         f"file named in split file {split_file.name} does not exist")
             continue
         listed[key] = split
@@ -272,3 +296,40 @@ def split_assignments(candidates: dict[str, Path], split_file: Path | None, seed
             yield listed[key], path
         else:
             yield UNKNOWN_SPLIT, RejectedRecord(str(path), f"not listed in split file {split_file}")
+
+
+def default_split_file(src: Path, pattern: str = "split*.txt") -> Path | None:
+    """The dataset's own split file at its root (one file matching `pattern`), else None.
+
+    Several candidates are an error naming them: guessing would silently change the benchmark.
+    """
+    found = sorted(p for p in src.glob(pattern) if p.is_file())
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise LpasrnError(f"{src}: several split files ({names}); choose one with --split-file")
+    if found:
+        print(f"using the dataset's split file {found[0]} (pass --split-file to use another)")
+    return found[0] if found else None
+
+
+def names_by_track_name(candidates: dict[str, Path], src: Path,
+                        split_file: Path | None) -> Callable[[str], str | None]:
+    """entry -> candidate key: the entry as a path relative to SRC, a bare track name when exactly
+    one track has it, else the entry read relative to the split file's folder (the dataset root, where the
+    releases keep it). None for a path outside SRC: importing one sub-folder of a dataset with the
+    dataset's split file leaves the other sub-folders' entries out instead of rejecting them."""
+    by_name: dict[str, list[str]] = {}
+    for key in candidates:
+        by_name.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    root, base = src.resolve(), (split_file.parent if split_file else src).resolve()
+
+    def entry_key(entry: str) -> str | None:
+        key = entry_path(entry)
+        if key in candidates:
+            return key
+        if "/" not in key and len(by_name.get(key, [])) == 1:
+            return by_name[key][0]
+        listed = PurePosixPath(os.path.relpath(base / key, root)).as_posix()
+        return None if listed.startswith("../") else listed
+
+    return entry_key
