@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_config
+from lpasrn.distributed.sampler import CurriculumSampler
 from lpasrn.train.train_cli import main as run_main
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
@@ -67,6 +68,17 @@ def test_stage4_two_processes_same_statistics_on_every_rank(mode, stages_0_to_3,
         assert all(r["num_processes"] == 2 for r in ranks)
         assert ranks[0]["hashes"] == ranks[1]["hashes"]  # confusion, miner, sampling weights: bitwise
         assert {"miner.counters", "confusion.counts", "sampling_weights"} <= set(ranks[0]["hashes"])
+    # ...and equal to one process over the same global draw: in epoch 2 the ranks' disjoint slices
+    # together read every sid exactly as often as the one-process draw from the same weights does
+    checkpoints = run_dir / "stage4_hard_mining" / "checkpoints"
+    before = load_file(str(checkpoints / "epoch-0001" / "trainer_state.safetensors"))
+    after = load_file(str(checkpoints / "epoch-0002" / "trainer_state.safetensors"))
+    weights = before["sampling_weights"]
+    draw = CurriculumSampler(lambda e: weights, 48, 16, 0, 2, seed=0).global_draw(1)  # 1 process
+    seen = (after["miner.counters"][0] - before["miner.counters"][0]).long()
+    assert draw.numel() == 32 and torch.equal(seen, torch.bincount(draw, minlength=48))
+    assert int(before["miner.counters"][0].sum()) == 48 + 32  # scoring pass + epoch 1, none lost
+    assert int(after["miner.counters"][3].sum()) > 0 and int(after["confusion.counts"].sum()) > 0
     # The plain fp32 export of a 2-process (or ZeRO) stage starts a 1-process stage.
     export = run_dir / "stage4_hard_mining" / "best" / "model.safetensors"
     next_dir = tmp_path / "next"

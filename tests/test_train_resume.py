@@ -141,3 +141,33 @@ def test_corrupt_training_sample_is_counted_and_reported(stage01, tiny_dataset, 
     line = next(line for line in out.splitlines() if "corrupt training sample(s) skipped" in line)
     count = int(line.split(": ")[1].split()[0])  # ...and says how many, naming each by shard and key
     assert count >= 1 and sum(line.count(key) for key in keys) == count
+
+
+def test_preempted_stage4_resumes_to_the_uninterrupted_state(stage01, tiny_dataset, tmp_path, monkeypatch):
+    """Hard mining, one process: a save between two miner syncs must not fold the interval into the
+    EMA (it would take an extra EMA step and change every later draw)."""
+    root, _ = stage01
+    overrides = ["--stage", "4", "--set", "data.batch_size=8", "--set", "train.preempt_poll_every=2"]
+    runs = {}
+    for name in ("straight", "preempted"):
+        run_dir = tmp_path / name
+        (run_dir / "stage3_finetune").mkdir(parents=True)  # stage 4 starts from this export
+        shutil.copytree(root / "run" / "stage1_warmup" / "best", run_dir / "stage3_finetune" / "best")
+        runs[name] = (run_dir / "stage4_hard_mining" / "checkpoints",
+                      write_tiny_config(tmp_path / f"{name}.yaml", tiny_dataset, run_dir))
+    assert run(runs["straight"][1], *overrides) == 0
+    mark = tmp_path / "preempt.mark"
+    monkeypatch.setenv("LPASRN_PREEMPT_FILE", str(mark))
+    mark.touch()
+    checkpoints, config = runs["preempted"]
+    assert run(config, *overrides) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0000-step-000002"]
+    mid = load_file(str(checkpoints / "epoch-0000-step-000002" / "trainer_state.safetensors"))
+    # 2 steps of 8 carried over unfolded: the counters are still those of the scoring pass
+    assert int(mid["miner.deltas"][0].sum()) == 16 and int(mid["miner.counters"][0].sum()) == 48
+    assert run(config, *overrides, "--resume", "auto") == 0
+    a, b = (load_file(str(c / "epoch-0002" / "trainer_state.safetensors")) for c in (runs["straight"][0], checkpoints))
+    assert {"miner.ema_accuracy", "miner.counters", "sampling_weights", "class_weights"} <= set(a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same(weights(runs["straight"][0] / "epoch-0002" / "model.safetensors"),
+                weights(checkpoints / "epoch-0002" / "model.safetensors"))

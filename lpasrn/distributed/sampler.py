@@ -41,15 +41,20 @@ def curriculum_progress(epoch: int, epochs: int) -> float:
 def weighted_draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """LongTensor [count]: ids drawn with replacement, P(i) = weights[i] / sum(weights), any length.
 
-    Inverse CDF: u ~ U[0, total) in float64, id = first i with cumsum[i] > u. A zero weight adds
-    nothing to the cumulative sum, so it is never drawn.
+    Inverse CDF: uniforms u in [0, total) in float64, id = first i with cumsum[i] > u. A zero
+    weight adds nothing to the cumulative sum, so it is never drawn. The uniforms are made already
+    sorted (normalised partial sums of exponentials are the order statistics of uniforms), so the
+    binary searches walk the CDF in order, cache-friendly (random queries took 3x longer at 10^7),
+    and a random permutation then gives the draws their i.i.d. order.
     """
     cdf = torch.cumsum(weights.to(torch.float64), 0)
-    uniforms = torch.rand(count, dtype=torch.float64, generator=generator).mul_(cdf[-1])
+    spacings = torch.empty(count + 1, dtype=torch.float64).exponential_(generator=generator)
+    partial = torch.cumsum(spacings, 0)
+    uniforms = partial[:-1].mul_(cdf[-1] / partial[-1])
     ids = torch.searchsorted(cdf, uniforms, right=True)
-    # u * total may round up to total: such a draw takes the last id that has weight
-    last = int(torch.nonzero(weights > 0)[-1])
-    return ids.clamp_max_(last)
+    # u may round up to the total: such a draw takes the last id that has weight
+    ids.clamp_max_(int(torch.nonzero(weights > 0)[-1]))
+    return ids[torch.randperm(count, generator=generator)]
 
 
 class CurriculumSampler(Sampler[int]):

@@ -78,7 +78,8 @@ class StageRunner:
             tensors["class_weights"] = self.objective.class_weights
         if self.train_batches.stream is None:
             tensors["sampling_weights"] = self.train_batches.weights
-        return {"loop": asdict(self.state), "stage": self.spec.name, "world_size": self.acc.num_processes}, tensors
+        return {"loop": asdict(self.state), "stage": self.spec.name, "world_size": self.acc.num_processes,
+                "deepspeed": self.engine.deepspeed}, tensors
 
     def resume_from(self, path: Path) -> None:
         """# NOTE: call on all ranks: load_state restores each rank's own RNG and (ZeRO) shards."""
@@ -100,8 +101,9 @@ class StageRunner:
                        f"step {self.state.step_in_epoch})")
 
     def save(self, mid_epoch: bool) -> Path:
-        """# NOTE: call on all ranks, after the statistics are synced (they are part of the state)."""
-        self.stats.sync()
+        """# NOTE: call on all ranks: statistics are summed into the state (the miner without folding
+        its interval, so a mid-epoch save leaves the run where the uninterrupted one would be)."""
+        self.stats.sync_for_checkpoint()
         state, tensors = self.state_dict()
         name = ckpt.checkpoint_name(self.state.epoch, self.state.step_in_epoch if mid_epoch else None)
         return ckpt.save_checkpoint(self.acc, self.stage_dir / "checkpoints", name, state, tensors,
@@ -113,7 +115,8 @@ class StageRunner:
         fresh = self.state.epoch == 0 and self.state.step_in_epoch == 0
         if fresh and self.stats.miner is not None and self.stage_cfg.hard_mining.score_before_stage:
             self.stats.score_training_split(self.forward, self.to_device, self.lockstep_batches("train"),
-                                            self.stand_in, self.acc.unwrap_model(self.model))
+                                            self.stand_in, self.acc.unwrap_model(self.model),
+                                            self.train_batches.read_errors)
             self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
         try:
             for epoch in range(self.state.epoch, self.stage_cfg.epochs):
@@ -331,11 +334,12 @@ class StageRunner:
 def check_world_size(path: Path, saved: dict, world_size: int, deepspeed: bool) -> None:
     """A mid-epoch checkpoint only resumes on the number of processes that wrote it: the position in
     the epoch is a per-rank batch count. At an epoch boundary DDP state is whole and may change size;
-    DeepSpeed's optimizer state is partitioned by rank, so it may not."""
+    DeepSpeed's optimizer state is partitioned by rank, so it may not (whichever engine resumes it)."""
     saved_size = int(saved.get("world_size", world_size))
     if saved_size == world_size:
         return
     mid_epoch = saved["loop"].get("step_in_epoch", 0) > 0
+    deepspeed = deepspeed or bool(saved.get("deepspeed", False))
     if mid_epoch or deepspeed:
         where = "mid-epoch" if mid_epoch else "under DeepSpeed (optimizer state is split by rank)"
         raise LpasrnError(

@@ -46,28 +46,41 @@ class StageStatistics:
     def class_weights(self) -> torch.Tensor:
         return self.confusion.class_weights(self.cfg.loss.confusion_threshold, self.cfg.loss.class_weight_step)
 
+    def sync_for_checkpoint(self) -> None:
+        """Before a checkpoint: the confusion counts are plain integer sums, so syncing them mid-epoch
+        changes nothing the run computes later; the miner is NOT synced (its EMA would take a step
+        the uninterrupted run never takes), `tensors` stores its summed deltas instead.
+        # NOTE: call on all ranks (one all-reduce)."""
+        self.confusion.sync()
+
     def tensors(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors. # NOTE: call on all ranks: the miner's deltas are summed over ranks."""
         out = {f"confusion.{k}": v for k, v in self.confusion.state_dict().items()}
         if self.miner is not None:
-            state = self.miner.state_dict()
+            state = self.miner.checkpoint_state()
             out.update({f"miner.{k}": state[k] for k in ("counters", "deltas", "ema_accuracy")})
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """# NOTE: the summed miner deltas go to the main process only (the next sync adds them to
+        every rank once); other ranks start the interval from zero."""
         self.confusion.load_state_dict({k: tensors[f"confusion.{k}"] for k in ("counts", "deltas")})
         if self.miner is not None and "miner.counters" in tensors:
             self.miner.load_state_dict({"num_samples": tensors["miner.counters"].shape[1],
                                         "counters": tensors["miner.counters"], "deltas": tensors["miner.deltas"],
-                                        "ema_accuracy": tensors["miner.ema_accuracy"]})
+                                        "ema_accuracy": tensors["miner.ema_accuracy"]},
+                                       holds_deltas=self.acc.is_main_process)
 
     @torch.no_grad()
-    def score_training_split(self, forward, to_device, batches, stand_in: dict, net) -> None:
+    def score_training_split(self, forward, to_device, batches, stand_in: dict, net, read_errors) -> None:
         """Eval-mode pass over the training split before hard mining starts, so the first weighted
         draw already knows which plates are hard. Every sample once, lock-step batches (`forward`
-        is a collective under ZeRO-3), one sync at the end. # NOTE: call on all ranks."""
+        is a collective under ZeRO-3), one sync at the end; corrupt samples are counted in
+        `read_errors` like the training batches'. # NOTE: call on all ranks."""
         was_training = net.training
         net.eval()
         for batch in batches:
+            read_errors.record(batch.get("corrupt", []))
             batch = to_device(with_stand_in(batch, stand_in))
             out = forward(net, batch, ("ocr_sr",))
             rows = torch.nonzero(batch["weight"] > 0).reshape(-1)
