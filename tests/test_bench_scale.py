@@ -14,8 +14,8 @@ from lpasrn.cli import main
 @pytest.mark.timeout(600)
 def test_bench_scale_json_keys_and_values(tmp_path):
     out = tmp_path / "scale.json"
-    status = main(["bench", "scale", "--plates", "3000", "--ranks", "2", "--read-plates", "600", "--reads", "200",
-                   "--nofile", "64", "--work", str(tmp_path / "work"), "--json", str(out)])
+    status = main(["bench", "scale", "--plates", "3000", "--ranks", "2", "--read-plates", "600",
+                   "--reads", "200", "--nofile", "64", "--work", str(tmp_path / "work"), "--json", str(out)])
     assert status == 0
     result = json.loads(out.read_text())
     assert set(KEYS) <= set(result)

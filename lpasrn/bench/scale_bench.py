@@ -55,7 +55,8 @@ def write_simulated_split(out_dir: Path, plates: int, shard_size: int = SIM_SHAR
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / MANIFEST_NAME).is_file():
         manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
-        if manifest["settings"].get("plates") == plates and manifest["settings"].get("shard_size") == shard_size:
+        settings = manifest["settings"]
+        if settings.get("plates") == plates and settings.get("shard_size") == shard_size:
             return  # reuse: the index is what is measured, not its writing
     builder = IndexBuilder(out_dir, "train")
     member = np.array([3000, 800, 90])  # typical member sizes of a 32x96 / 16x48 plate
