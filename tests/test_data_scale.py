@@ -167,3 +167,16 @@ def test_paper_defaults_cover_most_of_an_epoch(tmp_path):
     # configs/lpasrn.yaml: 20,000 plates, batch 64, 8 ranks x 4 workers, the reader's default buffer.
     coverage = epoch_coverage(tmp_path / "paper", "train", 64, 8, 4)
     assert coverage >= 0.88, coverage  # 0.70 with shards of 1,000 and a 1,000-plate buffer
+
+
+def test_verify_reports_a_changed_index(tmp_path):
+    from lpasrn.data.shards import verify_shards
+
+    data = tmp_path / "ds"
+    write_random_dataset(data, 6, seed=4, shard_size=4, split="train")
+    assert verify_shards(data) == []
+    path = data / "train.index.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # same size, one size field off by one
+    path.write_bytes(bytes(raw))
+    assert verify_shards(data) == [f"{path}: size or sha256 differs from the manifest"]

@@ -47,7 +47,8 @@ def _rank_main(rank: int, port: int, data_dir: str, out_dir: str) -> None:
 @pytest.mark.timeout(240)
 def test_validation_split_is_exact_once_balanced_and_lockstep(tmp_path):
     write_random_dataset(tmp_path / "ds", NUM_SAMPLES, seed=6, shard_size=SHARD_SIZE, split="val")
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "ds"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "ds"), str(tmp_path)), nprocs=WORLD_SIZE,
+             join=True)
     views = json.loads((tmp_path / "views.json").read_text())
     for epoch in range(2):
         per_rank = [views[r][epoch] for r in range(WORLD_SIZE)]

@@ -292,7 +292,8 @@ class StreamReader:
             batches_per_epoch = math.ceil(self.num_samples / (batch_size * world_size))
         self.batches_per_epoch = batches_per_epoch
         if mode == "resampled":
-            self.shuffle_buffer = resampled_buffer(self.shuffle_buffer, batches_per_epoch, batch_size, num_workers)
+            self.shuffle_buffer = resampled_buffer(self.shuffle_buffer, batches_per_epoch, batch_size,
+                                                   num_workers)
         self.epoch = 0
         self.skip_batches = 0
         self.read_errors = ReadErrors()

@@ -118,7 +118,8 @@ class _ShardTar:
 def write_manifest(out_dir: Path, settings: dict, splits: dict) -> dict:
     """Write `manifest.json` atomically (the one place it is written: the shard writer, hence every
     importer and the renderer, and the scale benchmark's simulated splits)."""
-    manifest = {"format": MANIFEST_FORMAT, "created_by": _created_by(), "settings": settings, "splits": splits}
+    manifest = {"format": MANIFEST_FORMAT, "created_by": _created_by(), "settings": settings,
+                "splits": splits}
     tmp = Path(out_dir) / (MANIFEST_NAME + ".partial")
     tmp.write_bytes(encode_json(manifest))
     os.replace(tmp, Path(out_dir) / MANIFEST_NAME)
@@ -176,7 +177,8 @@ class DatasetWriter:
         meta = {"sid": sid, "text": record.text, "layout": record.layout,
                 "source": record.source, "track": record.track}
         payloads = (encode_png(record.hr), encode_png(record.lr), encode_json(meta))
-        where = [index.current.add(f"{key}.{suffix}", data) for suffix, data in zip(MEMBER_SUFFIXES, payloads)]
+        where = [index.current.add(f"{key}.{suffix}", data)
+                 for suffix, data in zip(MEMBER_SUFFIXES, payloads)]
         index.builder.append(len(index.shards), [o for o, _ in where], [n for _, n in where])
         index.current.num_samples += 1
         if index.current.num_samples >= self.shard_size:
