@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch.utils.data import DataLoader
 
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
+from lpasrn.distributed.preemption import worker_ignores_stop_signals
 from lpasrn.distributed.sampler import CurriculumSampler
 
 
@@ -35,7 +36,8 @@ class TrainBatches:
             return self.stream
         self.sampler.set_epoch(epoch)
         return DataLoader(self.dataset, batch_size=self.cfg.data.batch_size, sampler=self.sampler,
-                          collate_fn=collate, num_workers=self.cfg.data.num_workers, drop_last=True)
+                          collate_fn=collate, num_workers=self.cfg.data.num_workers, drop_last=True,
+                          worker_init_fn=worker_ignores_stop_signals)
 
     def after_epoch(self, epoch: int) -> None:
         """Re-weight every `reweight_interval` epochs from the synced miner (identical on all ranks)."""
