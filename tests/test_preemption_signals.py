@@ -44,7 +44,8 @@ def test_sigterm_to_rank_and_workers_saves_mid_epoch_and_resumes(tiny_dataset, t
     args = [sys.executable, str(REPO / "launch" / "run.py"), "--config", config, "--stage", "1",
             "--set", "stages.warmup.epochs=3", "--set", "data.batch_size=2", "--set", "data.num_workers=2",
             "--set", "train.preempt_poll_every=1", "--resume", "auto"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LPASRN_PREEMPT_FILE": str(tmp_path / "mark")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "LPASRN_PREEMPT_FILE": str(tmp_path / "mark")}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
