@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from slurm_jobs import (assert_two_nodes, cancel, job_info, read_log, release_requeued, require_two_node_cluster,
-                        submit, wait_for)
+from slurm_jobs import (assert_two_nodes, cancel, job_info, read_log, release_requeued,
+                        require_two_node_cluster, submit, wait_for)
 
 from conftest import write_tiny_config
 from lpasrn.train.train_cli import main as run_main
@@ -106,7 +106,8 @@ def test_two_node_job_preempted_by_usr1_and_by_scheduler_ends_like_an_uninterrup
         assert second_checkpoint != first_checkpoint
         assert_both_ranks_saved(second, second_checkpoint)
 
-        info = wait_for("the resumed run to finish", lambda i: i.get("JobState") == "COMPLETED", job, log, 240)
+        info = wait_for("the resumed run to finish", lambda i: i.get("JobState") == "COMPLETED",
+                        job, log, 240)
         assert info["Restarts"] == "2" and info["ExitCode"] == "0:0"
         last = since_restart(log, job, 2)
         assert f"resumed from {second_checkpoint}" in last

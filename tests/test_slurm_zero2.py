@@ -8,7 +8,7 @@ from slurm_jobs import assert_two_nodes, cancel, read_log, require_two_node_clus
 
 from conftest import write_tiny_config
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(720)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,9 +23,10 @@ def test_two_node_zero2_job_finishes_a_stage_with_its_cpus(tiny_dataset, tmp_pat
     args = ["--stage", "0"]
     job = None
     try:
-        # Two CPUs per task: the whole of each (two-CPU) node, so nothing else runs beside it.
+        # Two CPUs per task: the whole of each (two-CPU) node, so nothing else runs beside it. The
+        # first DeepSpeed run on a machine builds its CPU communication op (minutes): a long wait.
         job = submit(log, config, args, mode="zero2", cpus_per_task=2)
-        info = wait_for("the job to finish", lambda i: i.get("JobState") == "COMPLETED", job, log, 360)
+        info = wait_for("the job to finish", lambda i: i.get("JobState") == "COMPLETED", job, log, 600)
     finally:
         if job is not None:
             cancel([job])

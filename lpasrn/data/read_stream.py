@@ -26,6 +26,7 @@ from webdataset.tariterators import group_by_keys
 
 from lpasrn.data.read_decode import CorruptSampleError, ReadErrors, collate, corrupt_entry, decode_sample
 from lpasrn.data.shards import load_manifest, sample_key, split_entry
+from lpasrn.distributed.preemption import worker_ignores_stop_signals
 from lpasrn.errors import LpasrnError
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,8 @@ class StreamReader:
         # NOTE: non-persistent workers: each epoch pickles a fresh _PlateStream carrying that epoch,
         # so every worker of every rank agrees on the epoch without shared state.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            collate_fn=_batch_as_is, persistent_workers=False)
+                            collate_fn=_batch_as_is, persistent_workers=False,
+                            worker_init_fn=worker_ignores_stop_signals)
         for batch in loader:
             if batch["corrupt"]:
                 self.read_errors.record(batch["corrupt"])

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lpasrn.data.read_decode import corrupt_entry
 from lpasrn.data.readers import CorruptSampleError, IndexedPlateDataset, ReadErrors, StreamReader, collate
+from lpasrn.distributed.preemption import worker_ignores_stop_signals
 from lpasrn.distributed.sampler import CurriculumSampler, curriculum_progress
 
 
@@ -109,7 +110,8 @@ class TrainBatches:
         self.sampler.set_epoch(epoch)
         positions = SkipSampler(self.sampler, skip_batches * self.cfg.data.batch_size)
         loader = DataLoader(SkipCorrupt(self.dataset), batch_size=self.cfg.data.batch_size, sampler=positions,
-                            collate_fn=collate_skipping, num_workers=self.cfg.data.num_workers, drop_last=True)
+                            collate_fn=collate_skipping, num_workers=self.cfg.data.num_workers, drop_last=True,
+                            worker_init_fn=worker_ignores_stop_signals)
         return CountedBatches(loader, self._read_errors)
 
     def after_epoch(self, epoch: int) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lpasrn.data.readers import CorruptSampleError, IndexedPlateDataset, collate
+from lpasrn.distributed.preemption import worker_ignores_stop_signals
 
 
 def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[list[int], int]:
@@ -67,7 +68,7 @@ def lockstep_loader(dataset: IndexedPlateDataset, batch_size: int, rank: int, wo
     sids, real = rank_share(total, rank, world_size)
     return DataLoader(RankShare(dataset, sids, real), batch_size=batch_size, shuffle=False,
                       num_workers=num_workers, collate_fn=collate_weighted,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=worker_ignores_stop_signals)
 
 
 def select_rows(values: dict, rows: torch.Tensor) -> dict:

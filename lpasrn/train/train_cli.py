@@ -60,7 +60,8 @@ def run_train(args) -> int:
         started = time.time()
         export = run_stages(cfg, specs, args.resume, accelerator)
     except Preempted as done:
-        print(f"lpasrn-rank: rank {accelerator.process_index} saved its part of {done}; exiting 0", flush=True)
+        rank = accelerator.process_index
+        print(f"lpasrn-rank: rank {rank} saved its part of {done}; exiting 0", flush=True)
         accelerator.print(f"lpasrn: preempted; checkpoint {done}; requeue and resume with --resume auto")
         return 0
     finally:
