@@ -164,6 +164,8 @@ class DatasetWriter:
         key = sample_key(split, sid)
         meta = {"sid": sid, "text": record.text, "layout": record.layout,
                 "source": record.source, "track": record.track}
+        if record.degradation is not None:  # absent for real LR, so their shards stay as they were
+            meta["degradation"] = record.degradation
         payloads = (encode_png(record.hr), encode_png(record.lr), encode_json(meta))
         for field, suffix, data in zip(MEMBER_FIELDS, MEMBER_SUFFIXES, payloads):
             offset, size = index.current.add(f"{key}.{suffix}", data)
