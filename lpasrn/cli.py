@@ -21,7 +21,7 @@ COMMAND_GROUPS = [
      ["lpasrn.bench.data_bench", "lpasrn.bench.model_bench", "lpasrn.bench.train_bench", "lpasrn.bench.dist_bench",
       "lpasrn.bench.scale_bench"]),
     (None, None, ["lpasrn.train.train_cli", "lpasrn.eval.evaluate_cli", "lpasrn.eval.sr_cli",
-                  "lpasrn.eval.export_cli"]),
+                  "lpasrn.eval.export_cli", "lpasrn.eval.control_cli"]),
 ]
 
 

@@ -45,9 +45,12 @@ def test_every_stage_exports_best_weights_and_config(smoke_run):
         assert json.loads((best / "metrics.json").read_text())["metric"] == spec.best_metric
     assert (run_dir / "config.yaml").is_file()
     table = json.loads((run_dir / "eval.json").read_text())
-    assert set(table) == {"lr_bicubic", "sr", "hr"}
-    assert all(0.0 <= table[k]["word_acc"] <= 1.0 and table[k]["count"] == 16 for k in table)
-    assert "lr_bicubic" in proc.stdout and "word_acc" in proc.stdout
+    assert set(table) == {"lr_bicubic", "sr", "hr", "hr_only_ocr"}
+    assert set(table["hr_only_ocr"]) == {"lr_bicubic", "sr", "hr"}
+    for section in (table, table["hr_only_ocr"]):
+        assert all(0.0 <= section[k]["word_acc"] <= 1.0 and section[k]["count"] == 16
+                   for k in ("lr_bicubic", "sr", "hr"))
+    assert "lr_bicubic" in proc.stdout and "word_acc" in proc.stdout and "trained on HR only" in proc.stdout
 
 
 def test_log_to_a_file_is_one_line_per_epoch(smoke_run):

@@ -183,10 +183,15 @@ def _resize_to_lr(img: Image.Image, resample: int = Image.BICUBIC) -> Image.Imag
     return pad_to_aspect(img).resize(LR_WH, resample)
 
 
-def degrade_paper(hr: Image.Image, rng: np.random.Generator, **params) -> Image.Image:
-    """The published recipe: degrade the HR until SSIM <= target, pad to aspect 3, bicubic to LR."""
+def degrade_paper(hr: Image.Image, rng: np.random.Generator, drawn: dict | None = None,
+                  **params) -> Image.Image:
+    """The published recipe: degrade the HR until SSIM <= target, pad to aspect 3, bicubic to LR.
+    `drawn` (if given) receives the strength the search found (see `degrade_recorded`)."""
     rgb = np.asarray(hr.convert("RGB"), dtype=np.float64)
-    degraded, _ = paper_degraded_hr(rgb, rng, **params)
+    degraded, search = paper_degraded_hr(rgb, rng, **params)
+    if drawn is not None:
+        drawn.update(blur_sigma=search.sigma, noise_std=params["noise_per_sigma"] * search.sigma,
+                     ssim=search.ssim)
     return _resize_to_lr(Image.fromarray(degraded, "RGB"))
 
 
@@ -196,28 +201,36 @@ _RESAMPLE_FILTERS = (Image.BICUBIC, Image.BILINEAR, Image.BOX, Image.LANCZOS)
 def degrade_realistic(hr: Image.Image, rng: np.random.Generator, blur_sigma: tuple = (0.0, 1.6),
                       extra_downscale_prob: float = 0.3, noise_sigma: tuple = (1.0, 10.0),
                       shot_noise: tuple = (0.0, 0.6), jpeg_prob: float = 0.8,
-                      jpeg_quality: tuple = (25, 90)) -> Image.Image:
-    """Camera-like LR: optical blur, downscale, sensor noise, JPEG. Ranges are (low, high)."""
+                      jpeg_quality: tuple = (25, 90), drawn: dict | None = None) -> Image.Image:
+    """Camera-like LR: optical blur, downscale, sensor noise, JPEG. Ranges are (low, high).
+    `drawn` (if given) receives the values drawn (see `degrade_recorded`); it changes no draw."""
+    drawn = {} if drawn is None else drawn
     img = hr.convert("RGB")
     sigma = rng.uniform(*blur_sigma)
+    drawn.update(blur_sigma=float(sigma) if sigma > 0.2 else 0.0, downscale_factor=1.0)
     if sigma > 0.2:
         # Continuous random sigma: scipy directly, so the cached operators stay for the paper grid.
         img = _to_image(gaussian_filter(np.asarray(img, dtype=np.float64), (sigma, sigma, 0), mode="nearest"))
     if rng.random() < extra_downscale_prob:
         # Through a smaller size first: what a far-away plate looks like once upscaled by the ISP.
         factor = rng.uniform(1.2, 1.8)
+        drawn["downscale_factor"] = float(factor)
         small = (max(8, int(LR_WH[0] / factor)), max(4, int(LR_WH[1] / factor)))
         img = pad_to_aspect(img).resize(small, _RESAMPLE_FILTERS[rng.integers(len(_RESAMPLE_FILTERS))])
     lr = _resize_to_lr(img, _RESAMPLE_FILTERS[rng.integers(len(_RESAMPLE_FILTERS))])
     arr = np.asarray(lr, dtype=np.float64)
     # Read noise (signal-independent) plus shot noise whose variance grows with the signal.
     shot = rng.uniform(*shot_noise)
-    std = np.sqrt(rng.uniform(*noise_sigma) ** 2 + shot * shot * arr)
+    read_std = rng.uniform(*noise_sigma)
+    std = np.sqrt(read_std ** 2 + shot * shot * arr)
+    drawn.update(noise_std=float(read_std), shot_noise=float(shot))
     arr = arr + std * rng.standard_normal(arr.shape)
     lr = _to_image(arr)
     if rng.random() < jpeg_prob:
         buffer = io.BytesIO()
-        lr.save(buffer, format="JPEG", quality=int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1)))
+        quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
+        drawn["jpeg_quality"] = quality  # absent when no JPEG re-encoding was drawn
+        lr.save(buffer, format="JPEG", quality=quality)
         lr = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return lr
 
@@ -263,3 +276,14 @@ def degrade(hr: Image.Image, name: str, seed: int, **params) -> Image.Image:
     """LR image (RGB, LR_SIZE) from an HR image by the named pipeline, seeded by `seed`."""
     full = degradation_params(name, **params)
     return _lookup(name).fn(hr, np.random.default_rng(seed), **full)
+
+
+def degrade_recorded(hr: Image.Image, name: str, seed: int, **params) -> tuple[Image.Image, dict]:
+    """`degrade(hr, name, seed, **params)` (the same bytes) and the strength this sample got,
+    {parameter: number}, so evaluation can tell where reading fails. paper: blur_sigma (HR px),
+    noise_std (0..255), ssim reached; realistic: blur_sigma (0 = none), downscale_factor (1 = none),
+    noise_std (read noise), shot_noise, jpeg_quality (only when JPEG was applied)."""
+    full = degradation_params(name, **params)
+    drawn: dict = {}
+    lr = _lookup(name).fn(hr, np.random.default_rng(seed), drawn=drawn, **full)
+    return lr, {key: float(value) for key, value in drawn.items()}

@@ -88,13 +88,23 @@ def decode_sample(members: dict[str, bytes], shard: str, key: str) -> dict:
                 raise ValueError(f"json field {name!r} is not a string")
         if meta.get("track") is not None and not isinstance(meta["track"], str):
             raise ValueError("json field 'track' is neither a string nor null")
+        _check_degradation(meta.get("degradation"))
     except CorruptSampleError:
         raise
     except Exception as err:  # PIL, zlib, json, unicode: all mean the bytes are bad
         raise CorruptSampleError(shard, key, f"{type(err).__name__}: {err}") from None
     sample.update(sid=meta["sid"], text=meta["text"], layout=meta["layout"],
-                  source=meta["source"], track=meta.get("track"))
+                  source=meta["source"], track=meta.get("track"), degradation=meta.get("degradation"))
     return sample
+
+
+def _check_degradation(value) -> None:
+    """Optional `degradation`: {parameter: number} recorded by the synthetic renderer."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()):
+        raise ValueError("json field 'degradation' is not a mapping of parameter names to numbers")
 
 
 def collate(samples: list[dict], corrupt: list[str] | None = None) -> dict:
@@ -108,6 +118,7 @@ def collate(samples: list[dict], corrupt: list[str] | None = None) -> dict:
     batch = {"sid": torch.tensor([s["sid"] for s in samples], dtype=torch.long), "hr": hr, "lr": lr}
     for name in STRING_FIELDS:
         batch[name] = [s[name] for s in samples]
+    batch["degradation"] = [s.get("degradation") for s in samples]
     batch["corrupt"] = list(corrupt or [])
     return batch
 

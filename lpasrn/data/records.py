@@ -14,6 +14,8 @@ class PlateRecord:
 
     `track` groups frames of the same vehicle (UFPR-SR-Plates, LRLPR-26) so evaluation can fuse them;
     `source` says where the record came from (dataset name and original path or 'synthetic').
+    `degradation` is the strength a synthetic LR got ({parameter: number}, degrade_recorded), so
+    evaluation can break accuracy down by it; None for real LR.
     """
 
     hr: Image.Image
@@ -22,6 +24,7 @@ class PlateRecord:
     source: str
     layout: str = ""
     track: str | None = None
+    degradation: dict | None = None
 
     def __post_init__(self) -> None:
         validate_text(self.text)

@@ -176,6 +176,8 @@ class DatasetWriter:
         key = sample_key(split, sid)
         meta = {"sid": sid, "text": record.text, "layout": record.layout,
                 "source": record.source, "track": record.track}
+        if record.degradation is not None:  # absent for real LR, so their shards stay as they were
+            meta["degradation"] = record.degradation
         payloads = (encode_png(record.hr), encode_png(record.lr), encode_json(meta))
         where = [index.current.add(f"{key}.{suffix}", data)
                  for suffix, data in zip(MEMBER_SUFFIXES, payloads)]

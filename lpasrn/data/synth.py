@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lpasrn.data.degrade import HR_WH, degrade, degradation_params, prepare_hr
+from lpasrn.data.degrade import HR_WH, degradation_params, degrade_recorded, prepare_hr
 from lpasrn.data.records import PlateRecord
 from lpasrn.data.synth_plate import PLATE_WH, render_plate_face
 from lpasrn.plates import CHARSET, LAYOUTS
@@ -178,8 +178,8 @@ def synth_record(seed: int, split: str, index: int, degradation: str = "paper",
     layout = "mercosur" if rng.random() < mercosur_fraction else "brazilian"
     text = random_text(layout, rng)
     hr = prepare_hr(render_plate(text, layout, rng))
-    lr = degrade(hr, degradation, int(rng.integers(2**63 - 1)), **(degradation_options or {}))
-    return PlateRecord(hr=hr, lr=lr, text=text, source=SOURCE, layout=layout, track=None)
+    lr, drawn = degrade_recorded(hr, degradation, int(rng.integers(2**63 - 1)), **(degradation_options or {}))
+    return PlateRecord(hr=hr, lr=lr, text=text, source=SOURCE, layout=layout, track=None, degradation=drawn)
 
 
 def synth_records(count: int, seed: int, split: str, degradation: str = "paper",

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from lpasrn.data.readers import StreamReader
 from lpasrn.eval.fusion import FRAME_COUNTS, RULES, fuse
-from lpasrn.eval.loading import load_exported_model
+from lpasrn.eval.strata import degradation_metrics
+from lpasrn.eval.loading import load_exported_model, load_exported_ocr
 from lpasrn.metrics import RecognitionStats, psnr
 from lpasrn.losses.ssim import ssim
 from lpasrn.models.ocr_arch import greedy_decode
@@ -47,33 +48,48 @@ def variant_images(generator, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, t
     }
 
 
+def _read(ocr, images: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    readings, confidences = {}, {}
+    for name, image in images.items():
+        texts, conf = greedy_decode(ocr(image).float())
+        readings[name], confidences[name] = texts, conf.cpu().tolist()
+    return readings, confidences
+
+
 @torch.no_grad()
-def batch_records(model, batch: dict, device) -> list[dict]:
-    """Plain per-sample records (str, int, float only) for one batch."""
+def batch_records(model, batch: dict, device, ocr=None, other_ocrs: dict | None = None) -> list[dict]:
+    """Plain per-sample records (str, int, float only) for one batch.
+
+    `ocr` (default: the export's own) gives `readings`; each of `other_ocrs` {name: OCR} reads the same
+    three images into `other_readings[name]`, so several readers are compared on identical inputs.
+    """
     lr, hr = batch["lr"].to(device), batch["hr"].to(device)
     images = variant_images(model.generator, lr, hr)
-    readings, confidences, psnrs, ssims = {}, {}, {}, {}
-    for name, image in images.items():
-        texts, conf = greedy_decode(model.ocr(image).float())
-        readings[name], confidences[name] = texts, conf.cpu().tolist()
+    readings, confidences = _read(ocr if ocr is not None else model.ocr, images)
+    others = {name: _read(other, images)[0] for name, other in (other_ocrs or {}).items()}
+    psnrs, ssims = {}, {}
     for name in IMAGE_VARIANTS:
         psnrs[name] = psnr(images[name], hr).cpu().tolist()
         ssims[name] = ssim(images[name], hr, window=SSIM_WINDOW, reduction="none").cpu().tolist()
     records = []
     for i, sid in enumerate(batch["sid"].tolist()):
-        records.append({
+        record = {
             "sid": int(sid), "text": batch["text"][i], "layout": batch["layout"][i] or "unknown",
             "source": batch["source"][i], "track": batch["track"][i],
             "readings": {name: readings[name][i] for name in VARIANTS},
             "confidences": {name: float(confidences[name][i]) for name in VARIANTS},
             "psnr": {name: float(psnrs[name][i]) for name in IMAGE_VARIANTS},
             "ssim": {name: float(ssims[name][i]) for name in IMAGE_VARIANTS},
-        })
+            "degradation": (batch.get("degradation") or [None] * len(batch["text"]))[i],
+        }
+        if others:
+            record["other_readings"] = {name: {v: texts[v][i] for v in VARIANTS} for name, texts in others.items()}
+        records.append(record)
     return records
 
 
-def collect_local_records(model, data_dir, split: str, batch_size: int, accelerator,
-                          num_workers: int = 0) -> tuple[list[dict], list[str]]:
+def collect_local_records(model, data_dir, split: str, batch_size: int, accelerator, num_workers: int = 0,
+                          ocr=None, other_ocrs: dict | None = None) -> tuple[list[dict], list[str]]:
     """This rank's records and the corrupt samples its reader skipped ("shard:key: reason")."""
     # NOTE: exact mode with rank/world from the accelerator: every sample is read by exactly one rank.
     reader = StreamReader(data_dir, split, batch_size, rank=accelerator.process_index,
@@ -81,7 +97,7 @@ def collect_local_records(model, data_dir, split: str, batch_size: int, accelera
     records = []
     for batch in reader:
         if batch["hr"].shape[0]:
-            records.extend(batch_records(model, batch, accelerator.device))
+            records.extend(batch_records(model, batch, accelerator.device, ocr, other_ocrs))
     return records, list(reader.read_errors.items)
 
 
@@ -103,9 +119,14 @@ def gather_records(records: list[dict], read_errors: list[str]) -> tuple[list[di
     return [by_sid[sid] for sid in sorted(by_sid)], sorted(set(errors))
 
 
-def recognition_metrics(records: list[dict], variant: str) -> dict:
+def recognition_metrics(records: list[dict], variant: str, reader: str | None = None) -> dict:
+    """Recognition of `variant` as read by the main OCR, or by `other_readings[reader]`."""
     stats = RecognitionStats()
-    stats.update([r["text"] for r in records], [r["readings"][variant] for r in records])
+    if reader is None:
+        readings = [r["readings"][variant] for r in records]
+    else:
+        readings = [r["other_readings"][reader][variant] for r in records]
+    stats.update([r["text"] for r in records], readings)
     summary = stats.summary()
     return {key: summary[key] for key in RECOGNITION_KEYS}
 
@@ -178,21 +199,33 @@ def summarize(records: list[dict]) -> dict:
     result = variant_metrics(records)
     result["by_layout"] = grouped_metrics(records, lambda r: r["layout"])
     result["by_source"] = grouped_metrics(records, lambda r: source_group(r["source"]))
+    result["by_degradation"] = degradation_metrics(records, variant_metrics)
     result["tracks"] = track_metrics(records)
+    for reader in sorted(records[0].get("other_readings", {})) if records else ():
+        result[reader] = {variant: recognition_metrics(records, variant, reader) for variant in VARIANTS}
     return result
 
 
 def evaluate(export_dir: Path, data_dir: Path, split: str, batch_size: int, accelerator,
-             num_workers: int = 0) -> tuple[dict, list[dict], object] | None:
+             num_workers: int = 0, ocr_export: Path | None = None,
+             other_ocr_exports: dict[str, Path] | None = None) -> tuple[dict, list[dict], object] | None:
     """(summary, records, model) on the main process, None on the others.
+
+    The generator comes from `export_dir`; the OCR from `ocr_export` when given (else the export's
+    own); each of `other_ocr_exports` {name: export} also reads every image, summarised as `name`.
 
     # NOTE: call on all ranks (the gather is collective).
     """
     model, _ = load_exported_model(export_dir, accelerator.device)
-    records, errors = collect_local_records(model, data_dir, split, batch_size, accelerator, num_workers)
+    ocr = load_exported_ocr(ocr_export, accelerator.device) if ocr_export is not None else None
+    others = {name: load_exported_ocr(path, accelerator.device) for name, path in (other_ocr_exports or {}).items()}
+    records, errors = collect_local_records(model, data_dir, split, batch_size, accelerator, num_workers,
+                                            ocr, others)
     records, errors = gather_records(records, errors)
     if not accelerator.is_main_process:
         return None
+    if ocr is not None:
+        model.ocr = ocr  # the report's grids and confusion read with the OCR the numbers were read with
     result = summarize(records)
     result["read_errors"] = errors
     return result, records, model

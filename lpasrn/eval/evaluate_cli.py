@@ -21,6 +21,9 @@ def register(subparsers) -> None:
                         help="an export directory, e.g. runs/<exp>/stage4_hard_mining/best")
     parser.add_argument("--data", required=True, type=Path, metavar="SHARDS",
                         help="dataset folder (manifest.json)")
+    parser.add_argument("--ocr", type=Path, default=None, metavar="EXPORT",
+                        help="read with this export's OCR instead of the evaluated export's (e.g. the "
+                             "stage-0 export, an OCR trained on HR only that never saw SR)")
     parser.add_argument("--split", default="test", help="split to evaluate (test)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the metrics JSON here")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR",
@@ -35,6 +38,7 @@ def run(args) -> int:
     """# NOTE: runs on every rank; the gather inside `evaluate` is collective, the writing is main-only."""
     from lpasrn.eval.evaluate import evaluate, make_eval_accelerator
     from lpasrn.eval.report import write_json, write_report
+    from lpasrn.eval.strata import degradation_lines
 
     if args.batch_size < 1 or args.num_workers < 0:
         raise LpasrnError(f"--batch-size must be >= 1 and --num-workers >= 0, got {args.batch_size}, "
@@ -47,21 +51,26 @@ def run(args) -> int:
     accelerator.print(f"lpasrn evaluate: distributed_type={run_info['distributed_type']} "
                       f"num_processes={run_info['num_processes']} device={accelerator.device}")
     started = time.time()
-    outcome = evaluate(args.checkpoint, args.data, args.split, args.batch_size, accelerator, args.num_workers)
+    outcome = evaluate(args.checkpoint, args.data, args.split, args.batch_size, accelerator, args.num_workers,
+                       ocr_export=args.ocr)
     if outcome is None:  # not the main process
         return 0
     result, records, model = outcome
-    result["run"] = {**run_info, "checkpoint": str(args.checkpoint), "data": str(args.data),
+    ocr = str(args.ocr if args.ocr is not None else args.checkpoint)
+    result["run"] = {**run_info, "checkpoint": str(args.checkpoint), "ocr": ocr, "data": str(args.data),
                      "split": args.split, "seconds": round(time.time() - started, 3)}
     result["samples"] = records
     if args.json is not None:
         write_json(result, args.json)
     if args.report is not None:
         processes = f"{run_info['distributed_type']} x{run_info['num_processes']}"
-        header = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+        header = {"checkpoint": args.checkpoint, "ocr": ocr, "data": args.data, "split": args.split,
                   "plates": len(records), "processes": processes}
         write_report(result, records, model, args.data, args.split, args.report, header)
     print(short_table(result))
+    if result["by_degradation"]:
+        print("\nword accuracy by degradation strength (terciles of each recorded parameter):")
+        print("\n".join(degradation_lines(result["by_degradation"])))
     for error in result["read_errors"]:
         print(f"lpasrn evaluate: corrupt sample skipped: {error}")
     return 0

@@ -14,7 +14,7 @@ from lpasrn.config import Config, config_from_dict
 from lpasrn.errors import LpasrnError
 from lpasrn.models.dcn import DeformConv2d
 from lpasrn.models.lpasrn_arch import LPASRN
-from lpasrn.train.checkpoint import EXPORT_WEIGHTS, check_weights_match
+from lpasrn.train.checkpoint import EXPORT_WEIGHTS, check_weights_match, describe_mismatch
 
 CONFIG_NAME = "config.yaml"
 
@@ -56,3 +56,36 @@ def load_exported_model(export_dir: Path, device: str | torch.device = "cpu",
                 module.use_dcnv4 = False
     model.requires_grad_(False)
     return model.to(device).eval(), cfg
+
+
+def load_exported_ocr(export_dir: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The OCR (`ocr.*` weights) of an export, in eval mode on `device`, built from that export's own
+    config, so it may have another OCR preset than the export whose generator it reads.
+
+    An export whose weights hold no `ocr.*` tensors is one clear error naming the file.
+    """
+    from safetensors.torch import load_file
+
+    from lpasrn.train.pipeline import build_lpasrn  # pipeline imports the whole trainer: keep it lazy
+
+    export_dir = Path(export_dir)
+    cfg = read_export_config(export_dir)
+    weights_file = export_dir / EXPORT_WEIGHTS
+    if not weights_file.is_file():
+        raise LpasrnError(f"--ocr {export_dir}: {weights_file} is missing")
+    try:
+        found = load_file(str(weights_file))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise LpasrnError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    ocr_weights = {k[len("ocr."):]: v for k, v in found.items() if k.startswith("ocr.")}
+    if not ocr_weights:
+        raise LpasrnError(f"{weights_file}: holds no OCR weights (no 'ocr.*' tensors), so it cannot read "
+                          "plates; pass an export of a stage that trains or carries the OCR")
+    ocr = build_lpasrn(cfg).ocr
+    mismatch = describe_mismatch(ocr.state_dict(), ocr_weights)
+    if mismatch:
+        raise LpasrnError(f"{weights_file}: its OCR weights do not fit the OCR preset "
+                          f"{cfg.model.ocr_preset!r} of {export_dir / CONFIG_NAME}: {mismatch}")
+    ocr.load_state_dict(ocr_weights)
+    ocr.requires_grad_(False)
+    return ocr.to(device).eval()

@@ -15,6 +15,7 @@ from lpasrn.data.readers import IndexedPlateDataset
 from lpasrn.distributed.confusion import CharacterConfusionTracker
 from lpasrn.eval.evaluate import IMAGE_VARIANTS, VARIANTS
 from lpasrn.eval.fusion import FRAME_COUNTS, RULES
+from lpasrn.eval.strata import degradation_lines
 from lpasrn.metrics import correct_chars
 from lpasrn.train.tracking import plate_grid
 
@@ -94,6 +95,9 @@ def summary_markdown(result: dict, header: dict) -> str:
     for section, title in (("by_layout", "layout"), ("by_source", "source")):
         for name, metrics in result[section].items():
             lines += ["", f"## {title}: {name}", ""] + _variant_table(metrics)
+    if result.get("by_degradation"):
+        lines += ["", "## Recognition by degradation strength (terciles of each recorded parameter)", "",
+                  "```"] + degradation_lines(result["by_degradation"]) + ["```"]
     lines += ["", "## Tracks (fused recognition rate)", ""] + _track_table(result["tracks"])
     errors = result.get("read_errors", [])
     lines += ["", f"## Corrupt samples skipped: {len(errors)}", ""] + [f"- {e}" for e in errors]

@@ -72,22 +72,47 @@ def run_train(args) -> int:
     return 0  # the caller ends the process group (lpasrn.distributed.lifecycle), on every rank
 
 
+def accuracy_table(summary: dict) -> dict:
+    """{variant: word_acc, char_acc, count} of one reader's summary section."""
+    from lpasrn.eval.evaluate import VARIANTS
+
+    return {name: {"word_acc": summary[name]["recognition_rate"], "char_acc": summary[name]["char_acc"],
+                   "count": int(summary[name]["count"])} for name in VARIANTS}
+
+
+def _table_lines(rows: dict) -> list[str]:
+    lines = [f"{'input':<12} {'word_acc':>9} {'char_acc':>9} {'plates':>7}"]
+    lines += [f"{name:<12} {row['word_acc']:>9.4f} {row['char_acc']:>9.4f} {row['count']:>7d}"
+              for name, row in rows.items()]
+    return lines
+
+
 def evaluate_after_training(cfg, export: Path, accelerator) -> dict | None:
     """Print and save (run_dir/eval.json) the LR-bicubic | SR | HR table on the test split, using the
-    same per-sample evaluation as `lpasrn evaluate`. # NOTE: call on all ranks (the gather is collective)."""
-    from lpasrn.eval.evaluate import VARIANTS, evaluate
+    same per-sample evaluation as `lpasrn evaluate`, read by the final OCR and (`hr_only_ocr`) by the
+    stage-0 OCR, which was trained on HR only and never on SR, so it cannot favour SR.
+    # NOTE: call on all ranks (the gather is collective)."""
+    from lpasrn.eval.evaluate import evaluate
+    from lpasrn.train.pipeline import stage_dir
+    from lpasrn.train.stages import STAGES
 
-    evaluated = evaluate(export, Path(cfg.data.dir), "test", cfg.data.batch_size, accelerator, cfg.data.num_workers)
+    stage0 = stage_dir(cfg, STAGES[0]) / "best"
+    others = {"hr_only_ocr": stage0} if (stage0 / "model.safetensors").is_file() else {}
+    evaluated = evaluate(export, Path(cfg.data.dir), "test", cfg.data.batch_size, accelerator,
+                         cfg.data.num_workers, other_ocr_exports=others)
     if evaluated is None:  # not the main process
         return None
     summary = evaluated[0]
-    result = {name: {"word_acc": summary[name]["recognition_rate"], "char_acc": summary[name]["char_acc"],
-                     "count": int(summary[name]["count"])} for name in VARIANTS}
+    result = accuracy_table(summary)
+    table = [f"\nOCR on the test split ({cfg.data.dir}), read by the final OCR ({export}):"] + _table_lines(result)
+    if others:
+        result["hr_only_ocr"] = accuracy_table(summary["hr_only_ocr"])
+        table += [f"read by the stage-0 OCR, trained on HR only ({stage0}):"] + _table_lines(result["hr_only_ocr"])
+    else:
+        table += [f"no stage-0 export at {stage0}: no hr_only_ocr table"]
     out = Path(cfg.run_dir) / "eval.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
-    table = [f"{'input':<12} {'word_acc':>9} {'char_acc':>9} {'plates':>7}"]
-    table += [f"{name:<12} {row['word_acc']:>9.4f} {row['char_acc']:>9.4f} {row['count']:>7d}" for name, row in result.items()]
-    print(f"\nOCR on the test split ({cfg.data.dir}):\n" + "\n".join(table) + f"\nwritten to {out}")
+    print("\n".join(table) + f"\nwritten to {out}")
     return result
 
 
