@@ -85,6 +85,31 @@ def bench_generator(preset: str, overrides: dict, batch: int, steps: int) -> dic
             "achieved_flops_per_s": samples_per_s * flops["total"]}
 
 
+def bench_reference(source: Path, channels: int, blocks: int, batch: int, steps: int) -> dict:
+    """The public LP-ASRN v2.0 generator (DESIGN.md section 8) from a checkout at `source`, same step.
+
+    Nothing of it is shipped: the checkout (github.com/toanle-hcmiu/LP-ASRN at commit a8f99c8, the
+    v2.0 README) is imported from `source` only for this comparison, MSCA on, DCNv3 fallback on CPU.
+    """
+    import importlib
+    import sys
+
+    if not (source / "src" / "models" / "generator.py").is_file():
+        raise SystemExit(f"--reference {source}: no src/models/generator.py (an LP-ASRN v2.0 checkout)")
+    sys.path.insert(0, str(source))
+    try:
+        reference_generator = importlib.import_module("src.models.generator").Generator
+    finally:
+        sys.path.remove(str(source))
+    torch.manual_seed(0)
+    model = reference_generator(num_features=channels, num_blocks=blocks, use_character_attention=True)
+    lr, hr = torch.rand(batch, 3, *LR_SIZE), torch.rand(batch, 3, *HR_SIZE)
+    rates = time_training_steps(model, lambda m: F.l1_loss(m(lr), hr), batch, steps)
+    return {"source": str(source), "params": sum(p.numel() for p in model.parameters()),
+            "samples_per_s": rates["median"], "samples_per_s_mean": rates["mean"],
+            "samples_per_s_best": rates["best"]}
+
+
 def bench_ocr(preset: str, batch: int, steps: int) -> dict | None:
     """OCR training-step throughput on HR images with a CTC loss, or None if the OCR is missing."""
     try:
@@ -107,12 +132,17 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     matmul_before = matmul_flops_per_second()
     generator = bench_generator(args.preset, generator_overrides(args), args.batch, args.steps)
+    reference = None
+    if args.reference is not None:
+        shape = {**GENERATOR_PRESETS[args.preset], **generator["overrides"]}
+        reference = bench_reference(args.reference, shape["num_channels"], shape["num_blocks"], args.batch,
+                                    args.steps)
     ocr = None if args.no_ocr else bench_ocr(args.ocr_preset, args.batch, args.steps)
     matmul_after = matmul_flops_per_second()
     matmul = (matmul_before + matmul_after) / 2
     result = {"threads": args.threads, "batch": args.batch, "steps": args.steps, "torch": torch.__version__,
               "matmul_flops_per_s_before": matmul_before, "matmul_flops_per_s_after": matmul_after,
-              "generator": generator, "ocr": ocr,
+              "generator": generator, "reference": reference, "ocr": ocr,
               "generator_fraction_of_matmul": generator["achieved_flops_per_s"] / matmul}
     shape = {**GENERATOR_PRESETS[args.preset], **generator["overrides"]}
     print(f"generator {args.preset} {shape}: {generator['params'] / 1e6:.3f} M params, "
@@ -121,6 +151,11 @@ def run(args) -> int:
           f"best {generator['samples_per_s_best']:.1f}), "
           f"{generator['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s "
           f"({100 * result['generator_fraction_of_matmul']:.0f}% of matmul)")
+    if reference is not None:
+        print(f"reference LP-ASRN v2.0 at the same channels x blocks: {reference['params'] / 1e6:.3f} M params, "
+              f"{reference['samples_per_s']:.1f} samples/s (median step; mean {reference['samples_per_s_mean']:.1f}, "
+              f"best {reference['samples_per_s_best']:.1f}); lpasrn / reference = "
+              f"{generator['samples_per_s'] / reference['samples_per_s']:.2f}x")
     if ocr is not None:
         print(f"ocr {ocr['preset']}: {ocr['params'] / 1e6:.3f} M params, {ocr['samples_per_s']:.1f} samples/s, "
               f"{ocr['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -146,5 +181,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (DESIGN.md: 2)")
     parser.add_argument("--ocr-preset", default="small")
     parser.add_argument("--no-ocr", action="store_true", help="benchmark the generator only")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="also time the public LP-ASRN v2.0 generator from this checkout (not shipped)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.set_defaults(func=run)
