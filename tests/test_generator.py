@@ -52,7 +52,7 @@ def test_training_step_reaches_the_trunk_and_lowers_l1():
         loss.backward()
         losses.append(loss.item())
         if len(losses) == 1:
-            trunk_grad = model.trunk[0].deform_conv.weight.grad
+            trunk_grad = model.trunk[0].deform_conv.value_proj.weight.grad
             assert trunk_grad is not None and trunk_grad.abs().sum() > 0
         optimizer.step()
     assert losses[-1] < losses[0]

@@ -4,7 +4,7 @@ Exports one part of a trained model for inference outside lpasrn:
 - generator: input `lr` [B, 3, 16, 48] in [0, 1] -> output `sr` [B, 3, 32, 96] (not clamped);
 - ocr: input `images` [B, 3, 32, 96] in [0, 1] -> output `logits` [B, 24, 37] (class 0 = CTC blank,
   class i = plates.CHARSET[i - 1]; decode greedily as lpasrn.models.ocr_arch.greedy_decode does).
-The batch dimension is dynamic. The deformable convs are pinned to the pure-PyTorch DCNv3 path
+The batch dimension is dynamic. The deformable convs are pinned to the pure-PyTorch DCNv4 path
 (one grid_sample: ONNX GridSample needs opset >= 16), so the export runs on any ONNX runtime.
 After writing, the export is run once (onnxruntime when installed, or torch.jit.load) and compared
 with PyTorch; the largest absolute difference is printed.

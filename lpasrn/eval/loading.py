@@ -41,7 +41,7 @@ def load_exported_model(export_dir: Path, device: str | torch.device = "cpu",
                         pure_pytorch_dcn: bool = False) -> tuple[LPASRN, Config]:
     """The LPASRN of an export in eval mode on `device`, and its config.
 
-    pure_pytorch_dcn=True pins every deformable conv to the grid_sample (DCNv3) path, the one that
+    pure_pytorch_dcn=True pins every deformable conv to the pure-PyTorch (grid_sample) path, the one that
     ONNX and TorchScript can trace; the weights are the same either way.
     """
     from lpasrn.train.pipeline import build_lpasrn  # pipeline imports the whole trainer: keep it lazy

@@ -1,16 +1,20 @@
-"""Modulated deformable convolution: DCNv4 kernel on CUDA, one-grid_sample DCNv3 path elsewhere.
+"""Deformable convolution with DCNv4's function: the `dcnv4` CUDA op when it can run, pure PyTorch elsewhere.
 
-Semantics (both paths, and `deform_conv_reference`): for output position p, kernel tap k at base
-position p - padding + (row_k, col_k), offset group g (a contiguous block of in_channels/groups input
-channels) samples its channels bilinearly at base + offset[g, k](p), zero outside the image, scales
-by mask[g, k](p), and the full conv weight (out, in, kh, kw) folds channels and taps:
-    out[o, p] = bias[o] + sum_{c, k} weight[o, c, k] * mask[g(c), k](p) * x_c(base_k(p) + offset[g(c), k](p))
-With zero offsets and mask 1 this is exactly F.conv2d(x, weight, bias, padding=padding).
+DCNv4 (OpenGVLab, "Efficient Deformable ConvNets", 2024) per output pixel:
+    value       = value_proj(x)                                   (1x1, C -> C)
+    offset_mask = offset_mask(offset_mask_dw(x))                  (depthwise 3x3, then 1x1 C -> P)
+    agg[g]      = sum_t mask[g, t] * bilinear(value[g], tap_t + offset[g, t])   (per group of D channels)
+    out         = output_proj(agg)                                (1x1, C -> C)
+The mask is unnormalised (no softmax, no sigmoid), the taps of a group share no weight: channel
+mixing happens only in the two projections. Sampling positions and the offset_mask channel layout
+are those of the DCNv4 kernel (lpasrn.models.dcn_torch's docstring); P = G * 3 * K rounded up to a
+multiple of 8, as the kernel requires.
 
-Tensor layouts shared by the sampling functions:
-- offsets: (B, groups * 2 * K, H_out, W_out), channel order (group, axis, tap), axis 0 = dy (rows),
-  axis 1 = dx (columns), tap k = i * kw + j (row-major, like the weight).
-- masks: (B, groups * K, H_out, W_out), channel order (group, tap).
+One state dict for both paths (value_proj, offset_mask_dw, offset_mask, output_proj; DCNv4's own
+module names). On CUDA with `dcnv4` installed, the op is called as its authors' module calls it:
+channels-last value and offset_mask, group / group_channels / offset_scale, remove_center 0. The
+op runs in fp32 with autocast off: its bf16 backward fails (OpenGVLab/DCNv4 issues 15 and 24) and
+in bf16 the sampling positions would be quantised; the projections still follow autocast.
 """
 from __future__ import annotations
 
@@ -18,16 +22,19 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from lpasrn.models.dcn_torch import dcnv4_torch
 
 logger = logging.getLogger(__name__)
 
-# Messages already logged, so the implementation choice is reported once per distinct reason.
+# Messages already logged, so each choice (path, precision) is reported once per distinct reason.
 _LOGGED_CHOICES: set[str] = set()
 # None = not tried yet; False = import failed (reason in _DCNV4_IMPORT_ERROR); else the Function.
 _DCNV4_FUNCTION = None
 _DCNV4_IMPORT_ERROR = ""
+FP32_NOTE = ("DeformConv2d: the sampling op runs in fp32 with autocast off (DCNv4's bf16 backward fails, "
+             "OpenGVLab/DCNv4 issues 15 and 24; bf16 positions are quantised); projections follow autocast")
 
 
 def _log_choice_once(message: str) -> None:
@@ -49,223 +56,121 @@ def _load_dcnv4_function():
     return _DCNV4_FUNCTION or None
 
 
-def _tap_positions(kernel_size: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of each tap, row-major, as float tensors of shape (K,)."""
-    taps = torch.arange(kernel_size, device=device, dtype=dtype)
-    return taps.repeat_interleave(kernel_size), taps.repeat(kernel_size)
+def padded_offset_channels(groups: int, taps: int) -> int:
+    """offset_mask width: (dx, dy, mask) per group and tap, padded to a multiple of 8 (kernel requirement)."""
+    return math.ceil(groups * taps * 3 / 8) * 8
 
 
-def deform_conv_dcnv3(x: torch.Tensor, offsets: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor | None, padding: int, groups: int) -> torch.Tensor:
-    """Pure-PyTorch modulated deformable conv (stride 1, dilation 1): one grid_sample, one matmul.
+def _project_channels_first(rows: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """linear over the channels of (B, Q, C_in) rows, returned channel-first (B, C_out, Q) contiguous.
 
-    All groups and taps are sampled by a single grid_sample over (B*groups, C/groups, H, W) with a
-    grid of (B*groups, K, H_out*W_out); its output (B*groups, C/groups, K, HW) is already the im2col
-    matrix in the weight's (channel, tap) order, so the taps fold by one batched matmul without any
-    permute copy (the costs a public reimplementation pays, DESIGN.md section 8).
+    One baddbmm reading the rows transposed: no layout copy of the input or of the result.
     """
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_size, _ = weight.shape
-    taps = kernel_size * kernel_size
-    height_out, width_out = offsets.shape[-2:]
-    positions = height_out * width_out
-    grid = _sampling_grid(offsets.reshape(batch, groups, 2, taps, height_out, width_out), kernel_size,
-                          padding, height, width).view(batch * groups, taps, positions, 2)
-    value = x.reshape(batch * groups, channels // groups, height, width)
-    sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    columns = sampled * masks.reshape(batch * groups, 1, taps, positions)
-    # Explicit bmm of (out, C*K) by (C*K, HW) per sample: torch.matmul(2-D, 3-D) folds the batch by
-    # transposing the columns, a full copy of them in forward and another of their gradient in
-    # backward (measured 8% of the 32x4 step). Here the columns and their gradient keep the
-    # grid_sample layout; only the small weight is expanded (a stride-0 view) and its gradient summed.
-    weight_batched = weight.reshape(1, out_channels, channels * taps).expand(batch, -1, -1)
-    flat = columns.view(batch, channels * taps, positions)
-    if bias is None:
-        out = torch.bmm(weight_batched, flat)
-    else:
-        out = torch.baddbmm(bias.view(1, out_channels, 1).expand(batch, -1, positions), weight_batched, flat)
-    out = out.view(batch, out_channels, height_out, width_out)
-    if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
-        # Keep the caller's layout: oneDNN convolutions after this are much slower in NCHW. This
-        # copy is the size of the output, 1/K of the columns an NHWC product would copy in backward.
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
-
-
-def _sampling_grid(offsets: torch.Tensor, kernel_size: int, padding: int, height: int,
-                   width: int) -> torch.Tensor:
-    """grid_sample grid (B, G, K, H_out, W_out, 2) of (x, y) for offsets (B, G, 2, K, H_out, W_out).
-
-    Pixel index i maps to (2 i + 1) / size - 1 for align_corners=False, so an offset d moves the
-    grid by 2 d / size. unbind (not indexing) splits the axes: its backward is one stack, where
-    indexing would zero-fill and copy a full offset gradient per axis.
-    """
-    height_out, width_out = offsets.shape[-2:]
-    dtype, device = offsets.dtype, offsets.device
-    rows, cols = _tap_positions(kernel_size, device, dtype)
-    out_rows = torch.arange(height_out, device=device, dtype=dtype)
-    out_cols = torch.arange(width_out, device=device, dtype=dtype)
-    base_y = (rows[:, None, None] + out_rows[None, :, None] - padding) * (2.0 / height) + (1.0 / height - 1.0)
-    base_x = (cols[:, None, None] + out_cols[None, None, :] - padding) * (2.0 / width) + (1.0 / width - 1.0)
-    offset_y, offset_x = offsets.unbind(2)
-    grid_y = torch.addcmul(base_y, offset_y, torch.tensor(2.0 / height, dtype=dtype, device=device))
-    grid_x = torch.addcmul(base_x, offset_x, torch.tensor(2.0 / width, dtype=dtype, device=device))
-    return torch.stack((grid_x, grid_y), dim=-1)
-
-
-def _dcnv4_pack(x: torch.Tensor, offsets: torch.Tensor, masks: torch.Tensor, kernel_size: int,
-                groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs for DCNv4Function that make its kernel produce the modulated im2col columns.
-
-    DCNv4 sums a group's taps before any channel mixing, but a full conv weight needs each tap
-    separately. So the input is replicated once per tap (groups * K DCNv4 groups, channels-last),
-    and DCNv4 group (g, k) gets a one-hot mask selecting its own tap. DCNv4's offset_mask layout per
-    pixel and group is K (dx, dy) pairs, then K mask values, taps column-major (w outer, h inner),
-    padded to a multiple of 8 channels.
-    """
-    batch, channels, height, width = x.shape
-    taps = kernel_size * kernel_size
-    group_channels = channels // groups
-    value = (x.view(batch, groups, 1, group_channels, height, width)
-             .expand(batch, groups, taps, group_channels, height, width)
-             .permute(0, 4, 5, 1, 2, 3).reshape(batch, height, width, groups * taps * group_channels))
-    height_out, width_out = offsets.shape[-2:]
-    tap_index = torch.arange(taps, device=x.device)
-    dcnv4_tap = (tap_index % kernel_size) * kernel_size + tap_index // kernel_size
-    one_hot = F.one_hot(dcnv4_tap, taps).to(x.dtype)  # (K own tap, K DCNv4 tap)
-    offsets = offsets.reshape(batch, groups, 2, taps, height_out, width_out).permute(0, 4, 5, 1, 3, 2)
-    masks = masks.reshape(batch, groups, taps, height_out, width_out).permute(0, 3, 4, 1, 2)
-    dy = offsets[..., 0, None] * one_hot
-    dx = offsets[..., 1, None] * one_hot
-    pairs = torch.stack((dx, dy), dim=-1).flatten(-2)  # (B, H, W, G, K, 2K)
-    packed = torch.cat((pairs, masks[..., None] * one_hot), dim=-1)
-    packed = packed.reshape(batch, height_out, width_out, groups * taps * 3 * taps)
-    padded = math.ceil(packed.shape[-1] / 8) * 8
-    return value, F.pad(packed, (0, padded - packed.shape[-1])).contiguous()
-
-
-def deform_conv_dcnv4(x, offsets, masks, weight, bias, padding: int, groups: int) -> torch.Tensor:
-    """Same result as deform_conv_dcnv3, sampled by the DCNv4 CUDA kernel (3x3 kernels only)."""
-    function = _load_dcnv4_function()
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_size, _ = weight.shape
-    taps = kernel_size * kernel_size
-    group_channels = channels // groups
-    value, offset_mask = _dcnv4_pack(x, offsets, masks, kernel_size, groups)
-    columns = function.apply(value, offset_mask, kernel_size, kernel_size, 1, 1, padding, padding, 1, 1,
-                             groups * taps, group_channels, 1.0, batch, 0)
-    height_out, width_out = columns.shape[1:3]
-    # Columns are ordered (group, tap, channel-in-group); reorder the (small) weight to match.
-    weight_cols = weight.view(out_channels, groups, group_channels, taps).transpose(2, 3)
-    out = columns.reshape(batch, height_out * width_out, -1) @ weight_cols.reshape(out_channels, -1).t()
-    if bias is not None:
-        out = out + bias
-    return out.view(batch, height_out, width_out, out_channels).permute(0, 3, 1, 2)
-
-
-def dcnv4_unavailable_reason(x: torch.Tensor, kernel_size: int, group_channels: int) -> str | None:
-    """Why the DCNv4 kernel cannot run this input, or None when it can."""
-    if not x.is_cuda:
-        return f"input on {x.device.type}"
-    if _load_dcnv4_function() is None:
-        return _DCNV4_IMPORT_ERROR
-    if kernel_size != 3:
-        return f"kernel_size {kernel_size} (the DCNv4 kernel supports 3x3 only)"
-    if group_channels % 8 != 0:
-        return f"{group_channels} channels per group (the DCNv4 kernel needs a multiple of 8)"
-    return None
+    batch = rows.shape[0]
+    weight = linear.weight.unsqueeze(0).expand(batch, -1, -1)
+    bias = linear.bias.view(1, -1, 1).expand(batch, -1, rows.shape[1])
+    return torch.baddbmm(bias, weight, rows.transpose(1, 2))
 
 
 class DeformConv2d(nn.Module):
-    """Deformable conv predicting its own offsets and modulation masks (stride 1, dilation 1).
+    """DCNv4 layer on (B, C, H, W) maps, C -> C, spatial size kept (stride 1, dilation 1).
 
-    Offsets and masks come from a depthwise 3x3 conv (`offset_dw`, for spatial context) and a
-    zero-initialised 1x1 conv (`conv_offset_mask`) to groups*2*K offsets and groups*K mask logits, as
-    DCNv4's module does: a full 3x3 conv to 3*groups*K channels would cost more than the deformable
-    conv itself. The mask is 2*sigmoid(logit), so at initialisation offsets are 0, masks are 1 and the layer is
-    exactly an ordinary conv with `weight` and `bias`. `use_dcnv4` only allows the DCNv4 kernel
-    (CUDA, dcnv4 installed); parameters and state-dict keys are the same either way.
+    At initialisation offsets are 0 and every mask is 1/K, so the aggregation is a 3x3 box filter
+    per channel between the two projections and every parameter gets a gradient from the first step
+    (DCNv4's own init zeroes the masks, which leaves the offsets without gradient until they grow).
+    `use_dcnv4` only allows the CUDA op; parameters and state-dict keys are the same either way.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
-                 groups: int = 4, use_dcnv4: bool = True):
+    def __init__(self, channels: int, kernel_size: int = 3, padding: int = 1, groups: int = 4,
+                 offset_scale: float = 1.0, dw_kernel_size: int = 3, use_dcnv4: bool = True):
         super().__init__()
-        if in_channels % groups != 0:
-            raise ValueError(f"in_channels {in_channels} is not divisible by groups {groups}")
+        if channels % groups != 0:
+            raise ValueError(f"channels {channels} is not divisible by groups {groups}")
         if kernel_size != 2 * padding + 1:
             raise ValueError("DeformConv2d keeps the spatial size: kernel_size must equal 2 * padding + 1")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.padding, self.groups = kernel_size, padding, groups
-        self.use_dcnv4 = use_dcnv4
+        self.channels, self.kernel_size, self.padding, self.groups = channels, kernel_size, padding, groups
+        self.group_channels = channels // groups
+        self.offset_scale, self.use_dcnv4 = float(offset_scale), use_dcnv4
         taps = kernel_size * kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
-        self.offset_dw = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels)
-        self.conv_offset_mask = nn.Conv2d(in_channels, groups * 3 * taps, 1)
-        nn.init.zeros_(self.conv_offset_mask.weight)
-        nn.init.zeros_(self.conv_offset_mask.bias)
+        self.value_proj = nn.Linear(channels, channels)
+        self.offset_mask_dw = nn.Conv2d(channels, channels, dw_kernel_size, padding=dw_kernel_size // 2,
+                                        groups=channels)
+        self.offset_mask = nn.Linear(channels, padded_offset_channels(groups, taps))
+        self.output_proj = nn.Linear(channels, channels)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+        nn.init.zeros_(self.offset_mask.weight)
+        with torch.no_grad():
+            self.offset_mask.bias.zero_()
+            self.offset_mask.bias[:groups * 3 * taps].view(groups, 3 * taps)[:, 2 * taps:] = 1.0 / taps
 
-    def offsets_and_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        predicted = self.conv_offset_mask(self.offset_dw(x))
-        taps = self.kernel_size ** 2
-        # split (not slicing): its backward is one concatenation instead of two zero-filled copies.
-        offsets, logits = predicted.split([self.groups * 2 * taps, self.groups * taps], dim=1)
-        return offsets, 2.0 * torch.sigmoid(logits)
+    def dcnv4_args(self, batch: int) -> tuple:
+        """Positional arguments of DCNv4Function after (value, offset_mask), as DCNv4's module passes them.
+
+        im2col_step = batch: the kernel needs batch % im2col_step == 0, and its launch shape is tuned
+        for the whole batch (findspec), so one chunk is the only step valid for every batch size.
+        """
+        k, pad = self.kernel_size, self.padding
+        return (k, k, 1, 1, pad, pad, 1, 1, self.groups, self.group_channels, self.offset_scale, batch, 0)
+
+    def dcnv4_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channels-last (B, H, W, C) value and (B, H, W, P) offset_mask, the DCNv4 op's inputs."""
+        value = self.value_proj(x.permute(0, 2, 3, 1))
+        offset_mask = self.offset_mask(self.offset_mask_dw(x).permute(0, 2, 3, 1))
+        return value, offset_mask
+
+    def dcnv4_unavailable_reason(self, x: torch.Tensor) -> str | None:
+        """Why the DCNv4 CUDA op cannot run this input, or None when it can."""
+        if not self.use_dcnv4:
+            return "use_dcnv4=False"
+        if not x.is_cuda:
+            return f"input on {x.device.type}"
+        if _load_dcnv4_function() is None:
+            return _DCNV4_IMPORT_ERROR
+        if self.kernel_size != 3:
+            return f"kernel_size {self.kernel_size} (the DCNv4 kernel supports 3x3 only)"
+        if self.group_channels % 8 != 0:
+            return f"{self.group_channels} channels per group (the DCNv4 kernel needs a multiple of 8)"
+        return None
+
+    def _forward_dcnv4(self, x: torch.Tensor) -> torch.Tensor:
+        value, offset_mask = self.dcnv4_inputs(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = _load_dcnv4_function().apply(value.float().contiguous(), offset_mask.float().contiguous(),
+                                               *self.dcnv4_args(x.shape[0]))
+        return self.output_proj(out.to(value.dtype)).permute(0, 3, 1, 2)
+
+    def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        # (B, H*W, C) rows: a view for the generator's channels_last maps.
+        value = _project_channels_first(x.permute(0, 2, 3, 1).reshape(batch, -1, channels), self.value_proj)
+        offset_rows = self.offset_mask_dw(x).permute(0, 2, 3, 1).reshape(batch, -1, channels)
+        offset_mask = _project_channels_first(offset_rows, self.offset_mask)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            compute = torch.float64 if value.dtype == torch.float64 else torch.float32
+            out = dcnv4_torch(value.view(batch, channels, height, width).to(compute),
+                              offset_mask.view(batch, -1, height, width).to(compute), self.kernel_size,
+                              self.kernel_size, 1, self.padding, 1, self.groups, self.group_channels,
+                              self.offset_scale)
+        rows = out.to(value.dtype).flatten(2).transpose(1, 2)  # (B, Q, C), read transposed by the GEMM
+        weight = self.output_proj.weight.t().unsqueeze(0).expand(batch, -1, -1)
+        out = torch.baddbmm(self.output_proj.bias, rows, weight)  # (B, Q, C) = channels_last (B, C, H, W)
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offsets, masks = self.offsets_and_masks(x)
-        reason = "use_dcnv4=False"
-        if self.use_dcnv4:
-            reason = dcnv4_unavailable_reason(x, self.kernel_size, self.in_channels // self.groups)
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"DeformConv2d({self.channels}) expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+            _log_choice_once(FP32_NOTE)
+        reason = self.dcnv4_unavailable_reason(x)
         if reason is None:
-            _log_choice_once("DeformConv2d: using the DCNv4 CUDA kernel")
-            return deform_conv_dcnv4(x, offsets, masks, self.weight, self.bias, self.padding, self.groups)
-        _log_choice_once(f"DeformConv2d: using the pure-PyTorch DCNv3 path ({reason})")
-        return deform_conv_dcnv3(x, offsets, masks, self.weight, self.bias, self.padding, self.groups)
+            _log_choice_once("DeformConv2d: using the DCNv4 CUDA op")
+            return self._forward_dcnv4(x)
+        _log_choice_once(f"DeformConv2d: using the pure-PyTorch DCNv4 path ({reason})")
+        return self._forward_torch(x)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"padding={self.padding}, groups={self.groups}, use_dcnv4={self.use_dcnv4}")
-
-
-def _bilinear_at(image: torch.Tensor, y: float, x: float) -> torch.Tensor:
-    """Bilinear value of image (C, H, W) at pixel (y, x); corners outside the image count as 0."""
-    height, width = image.shape[-2:]
-    y0, x0 = math.floor(y), math.floor(x)
-    value = image.new_zeros(image.shape[0])
-    for corner_y, weight_y in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for corner_x, weight_x in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= corner_y < height and 0 <= corner_x < width:
-                value = value + weight_y * weight_x * image[:, corner_y, corner_x]
-    return value
-
-
-def deform_conv_reference(x: torch.Tensor, offsets: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor | None = None, padding: int = 1, groups: int = 1) -> torch.Tensor:
-    """Direct loop over batch, output position, group and tap of the formula in the module docstring.
-
-    Slow and for tests only; shares no code with the fast paths except the documented layouts.
-    """
-    batch, channels, _, _ = x.shape
-    out_channels, _, kernel_size, _ = weight.shape
-    taps = kernel_size * kernel_size
-    group_channels = channels // groups
-    height_out, width_out = offsets.shape[-2:]
-    offsets = offsets.reshape(batch, groups, 2, taps, height_out, width_out)
-    masks = masks.reshape(batch, groups, taps, height_out, width_out)
-    out = x.new_zeros(batch, out_channels, height_out, width_out)
-    for b in range(batch):
-        for h in range(height_out):
-            for w in range(width_out):
-                total = x.new_zeros(out_channels) if bias is None else bias.clone()
-                for g in range(groups):
-                    channel_slice = slice(g * group_channels, (g + 1) * group_channels)
-                    for k in range(taps):
-                        i, j = divmod(k, kernel_size)
-                        y = h - padding + i + float(offsets[b, g, 0, k, h, w])
-                        x_pos = w - padding + j + float(offsets[b, g, 1, k, h, w])
-                        sample = _bilinear_at(x[b, channel_slice], y, x_pos) * masks[b, g, k, h, w]
-                        total = total + weight[:, channel_slice, i, j] @ sample
-                out[b, :, h, w] = total
-    return out
+        return (f"{self.channels}, kernel_size={self.kernel_size}, padding={self.padding}, groups={self.groups}, "
+                f"offset_scale={self.offset_scale}, use_dcnv4={self.use_dcnv4}")

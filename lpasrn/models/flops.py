@@ -2,7 +2,7 @@
 
 FlopCounterMode counts matmul and convolution FLOPs (2 per multiply-add), forward and backward,
 and nothing else (no elementwise ops, activations, pooling, interpolation). It does not know
-grid_sample, the core of the DCNv3 path, so that is added here analytically per output element and
+grid_sample, the core of the PyTorch deformable-conv path, so that is added here analytically per output element and
 channel: forward 8 FLOPs (4 bilinear corner weights times values, summed); backward 16 (8 to scatter
 the gradient to the 4 corners, 8 for the two coordinate gradients).
 """

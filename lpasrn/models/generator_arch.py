@@ -81,7 +81,7 @@ class RRDBEA(nn.Module):
         self.dense_blocks = nn.Sequential(*(ResidualDenseBlock(channels, growth) for _ in range(dense_blocks)))
         self.channel_attention = ChannelAttention(channels)
         self.spatial_attention = SpatialAttention()
-        self.deform_conv = DeformConv2d(channels, channels, 3, padding=1, groups=dcn_groups, use_dcnv4=use_dcnv4)
+        self.deform_conv = DeformConv2d(channels, 3, padding=1, groups=dcn_groups, use_dcnv4=use_dcnv4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.spatial_attention(self.channel_attention(self.dense_blocks(x)))
@@ -167,7 +167,7 @@ class Generator(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         self.check_input(lr)
         # channels_last: oneDNN convolutions with few channels on 16x48 maps run several times
-        # faster than in NCHW (measured on this CPU, see BENCHMARKS.md), and the DCNv3 path emits it.
+        # faster than in NCHW (measured on this CPU, see BENCHMARKS.md), and the deformable conv emits it.
         features = self.conv_first(lr.contiguous(memory_format=torch.channels_last))
         features = features + self.conv_trunk(self.trunk(features))
         if self.character_attention is not None:
