@@ -1,13 +1,11 @@
-"""Two-process runs of the real runner on CPU: DDP (gloo) and DeepSpeed ZeRO-2.
+"""Two-process runs of the real runner on CPU: DDP (gloo) and DeepSpeed ZeRO-2, launched through the
+shipped launch/accelerate/*.yaml and configs/deepspeed/*.json (tests/launching.py).
 
 Each launch asserts the distributed type and process count the runner reports, so a launch that
 silently fell back to one process or to plain DDP fails instead of passing.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,31 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_config
+from launching import launch_two
 from lpasrn.distributed.sampler import CurriculumSampler
 from lpasrn.train.train_cli import main as run_main
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
-
-LAUNCHERS = {
-    "ddp": (["--multi_gpu"], {"ACCELERATE_USE_CPU": "1"}, "MULTI_CPU"),
-    # NOTE: no CPU flag with DeepSpeed: it would switch DeepSpeed off and run plain DDP.
-    "zero2": (["--use_deepspeed", "--zero_stage", "2", "--gradient_accumulation_steps", "1",
-               "--gradient_clipping", "1.0"], {}, "DEEPSPEED"),
-}
-
-
-def launch(mode: str, config, *args, timeout=400) -> subprocess.CompletedProcess:
-    flags, env_extra, expected = LAUNCHERS[mode]
-    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(".torch_extensions").resolve()))}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "launch/run.py", "--config", str(config), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert f"DistributedType.{expected} x2" in proc.stdout, proc.stdout[-2000:]
-    return proc
-
 
 @pytest.fixture(scope="module")
 def stages_0_to_3(tiny_dataset, tmp_path_factory):
@@ -61,7 +39,7 @@ def test_stage4_two_processes_same_statistics_on_every_rank(mode, stages_0_to_3,
     run_dir = fresh_run_dir(stages_0_to_3, tmp_path)
     config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, run_dir,
                                extra="train: {log_every: 1, image_every: 2, write_fingerprints: true}")
-    launch(mode, config, "--stage", "4")
+    launch_two(mode, config, "--stage", "4")
     prints = run_dir / "stage4_hard_mining" / "fingerprints"
     for epoch in (1, 2):
         ranks = [json.loads((prints / f"epoch-{epoch:04d}.rank-{r}.json").read_text()) for r in (0, 1)]
@@ -96,14 +74,14 @@ def test_two_process_preemption_resumes_to_the_same_weights(stages_0_to_3, tiny_
     for run_dir in (straight_dir, preempted_dir):
         run_dir.mkdir()
         shutil.copytree(stages_0_to_3 / "stage0_pretrain", run_dir / "stage0_pretrain")
-    launch("ddp", write_tiny_config(tmp_path / "a.yaml", tiny_dataset, straight_dir), *overrides)
+    launch_two("ddp", write_tiny_config(tmp_path / "a.yaml", tiny_dataset, straight_dir), *overrides)
     config = write_tiny_config(tmp_path / "b.yaml", tiny_dataset, preempted_dir)
     (preempted_dir / "PREEMPT").touch()  # the mark, as the SLURM batch shell writes it on SIGUSR1
-    first = launch("ddp", config, *overrides)
+    first = launch_two("ddp", config, *overrides)
     assert "preempted" in first.stdout
     saved = [p.name for p in (preempted_dir / "stage1_warmup" / "checkpoints").iterdir()]
     assert saved == ["epoch-0000-step-000002"]
-    launch("ddp", config, *overrides, "--resume", "auto")
+    launch_two("ddp", config, *overrides, "--resume", "auto")
     name = "stage1_warmup/checkpoints/epoch-0002/model.safetensors"
     a, b = load_file(str(straight_dir / name)), load_file(str(preempted_dir / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
