@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import write_tiny_config
 from launching import launch_two
+from lpasrn.data.shard_index import split_index
 from lpasrn.distributed.sampler import CurriculumSampler
 from lpasrn.train.train_cli import main as run_main
 from test_train_distributed import stages_0_to_3  # noqa: F401  (module fixture: stages 0-3, 1 process)
@@ -107,11 +108,11 @@ def test_resume_on_another_number_of_processes(preempted_pair, tiny_dataset, tmp
 
 
 def corrupt_hr(data: Path, sids) -> list[str]:
-    split = json.loads((data / "manifest.json").read_text())["splits"]["train"]
+    index = split_index(data, "train")  # where each sample's bytes are (the binary index)
     keys = []
     for sid in sids:
-        shard = split["shards"][split["members"]["shard"][sid]]["name"]
-        offset, size = split["members"]["hr_offset"][sid], split["members"]["hr_size"][sid]
+        shard_index, offsets, sizes = index.location(sid)
+        shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
         with open(data / shard, "r+b") as f:  # garbage in place of the HR png, same size
             f.seek(offset)
             f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))
