@@ -7,13 +7,13 @@ for CTC to emit any valid text (repeated characters need a blank between them).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lpasrn.models.norm import BatchNorm2d
-from dataclasses import dataclass
-
 from lpasrn.plates import BLANK, CLASS_TO_CHAR, HR_SIZE, MAX_TEXT_LEN, NUM_CLASSES, encode
 
 # Pooling after each conv stage: (height, width). Height 32 -> 1, width 96 -> 24.
