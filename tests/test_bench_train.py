@@ -14,11 +14,13 @@ def test_bench_train_reports_consistent_numbers(tiny_dataset, tmp_path, capsys):
     config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, tmp_path / "run")
     out = tmp_path / "bench.json"
     assert main(["bench", "train", "--config", config, "--stages", "0,1", "--steps", "2", "--batch", "4",
-                 "--reader-samples", "32", "--json", str(out)]) == 0
+                 "--reader-samples", "32", "--sync-steps", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["stages"]) == {"stage0_pretrain", "stage1_warmup"}
     for row in result["stages"].values():
         assert row["samples_per_s"] > 0 and 0 < row["mfu"] < 1
+        # the runner's own train_step, the logging step included (issue 13: <= 2 host syncs per step)
+        assert row["host_syncs_per_step"] <= 2 and row["host_syncs_counted_by"] == "tensor-to-Python conversions"
         assert abs(row["achieved_flops_per_s"] - row["samples_per_s"] * row["train_flops_per_sample"]) < 1e-3 * row[
             "achieved_flops_per_s"]
     # Stage 1 trains the generator on L1 only: its FLOPs are the generator's forward + backward.

@@ -111,3 +111,48 @@ def test_heatmap_image():
     a_to_a = image[margin + idx("A") * cell + cell // 2, margin + idx("A") * cell + cell // 2]
     assert tuple(a_to_a) == (0, 255, 0)  # always read right: full green
     assert (image[:margin, margin:] < 128).any()  # column labels were drawn
+
+
+def per_step_reference(truths, preds):
+    """The counting the trainer did per step before the deferral: one Python increment per pair."""
+    from lpasrn.metrics import align_strings
+
+    counts = torch.zeros(GAP + 1, GAP + 1, dtype=torch.int64)
+    index = {c: i for i, c in enumerate(CHARSET)}
+    for truth, pred in zip(truths, preds):
+        for t, p in align_strings(truth, pred):
+            counts[GAP if t is None else index[t], GAP if p is None else index[p]] += 1
+    return counts
+
+
+def test_deferred_readings_count_exactly_like_per_step_decoding():
+    """Greedy paths kept per step (PendingReadings) and counted once at the fixed point give the same
+    counts as decoding and counting every step, on the same OCR outputs."""
+    from lpasrn.distributed.confusion import PendingReadings
+    from lpasrn.models.ocr_arch import greedy_decode, greedy_paths
+
+    generator = torch.Generator().manual_seed(3)
+    per_step, deferred, pending = CharacterConfusionTracker(), CharacterConfusionTracker(), PendingReadings()
+    reference = torch.zeros(GAP + 1, GAP + 1, dtype=torch.int64)
+    texts = ["ABC1234", "B0S1D23", "SOB0B11", "Z9"]
+    all_sids, all_truths, all_readings = [], [], []
+    for step in range(5):
+        logits = torch.randn(6, 24, 37, generator=generator) * 3
+        logits[:, ::2, 0] += 4  # many blanks: readings of plate-like length, with gaps and repeats
+        truths = [texts[(step + b) % len(texts)] for b in range(6)]
+        sids = torch.arange(6) + 6 * step
+        readings, _ = greedy_decode(logits)
+        per_step.update(truths, readings)
+        reference += per_step_reference(truths, readings)
+        best_class, emitted, _ = greedy_paths(logits)
+        pending.add(sids, truths, best_class, emitted)
+        all_sids += sids.tolist()
+        all_truths += truths
+        all_readings += readings
+    assert deferred.deltas.sum() == 0 and len(pending) == 30  # nothing counted until the drain
+    sids, truths, readings = pending.drain()
+    assert sids.tolist() == all_sids and truths == all_truths and readings == all_readings
+    deferred.update(truths, readings)
+    assert torch.equal(deferred.deltas, per_step.deltas)
+    assert torch.equal(deferred.deltas, reference) and reference.sum() > 60
+    assert len(pending) == 0 and pending.drain()[1] == []

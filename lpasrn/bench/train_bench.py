@@ -1,16 +1,19 @@
 """`lpasrn bench train`: per stage, training samples/s of the runner's own step (model forward
 through LPASRN, the stage's losses, backward, fused AdamW), FLOPs/sample, achieved FLOP/s against
-a dense matmul measured in the same run (model-FLOPs utilisation), and the stream reader's
-samples/s against what training consumes.
+a dense matmul measured in the same run (model-FLOPs utilisation), the stream reader's samples/s
+against what training consumes, and the host synchronisations of StageRunner.train_step itself
+(host_syncs.py; the most in any step, a logging step included, and the mean).
 """
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from lpasrn.bench.host_syncs import WARMUP_STEPS, runner_for, step_syncs
 from lpasrn.bench.model_bench import matmul_flops_per_second, time_steps
 from lpasrn.config import load_config
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
@@ -54,6 +57,25 @@ def bench_stage(cfg, spec, batch: dict, steps: int) -> dict:
     return {"samples_per_s": rate, "train_flops_per_sample": flops, "achieved_flops_per_s": rate * flops}
 
 
+def measure_host_syncs(args, stages: list, batch: dict) -> dict[str, dict]:
+    """Host syncs per step of the runner's train_step for each stage in `stages`: `--sync-steps`
+    steps after WARMUP_STEPS; the last one also logs its loss terms (train.log_every)."""
+    from lpasrn.train.pipeline import make_accelerator
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="lpasrn-bench-") as workdir:
+        overrides = [*args.set, f"run_dir={workdir}", f"train.log_every={args.sync_steps + WARMUP_STEPS}",
+                     "train.image_every=1000000"]
+        cfg = load_config(args.config, overrides)
+        accelerator = make_accelerator(cfg)
+        for spec in stages:
+            counts = step_syncs(runner_for(cfg, spec, accelerator, Path(workdir)), batch, args.sync_steps)
+            out[spec.prefix] = {"host_syncs_per_step": max(counts), "host_syncs_mean": sum(counts) / len(counts),
+                                "host_syncs_counted_by": "cuda sync debug mode" if accelerator.device.type == "cuda"
+                                else "tensor-to-Python conversions"}
+    return out
+
+
 def reader_rate(data_dir: str, batch_size: int, samples: int) -> float:
     reader = StreamReader(data_dir, "train", batch_size, mode="resampled",
                           batches_per_epoch=max(1, samples // batch_size))
@@ -70,22 +92,25 @@ def run(args) -> int:
     batch = collate([dataset[i % len(dataset)] for i in range(args.batch or cfg.data.batch_size)])
     peak_before = matmul_flops_per_second()
     results = {"config": args.config, "batch": batch["hr"].shape[0], "threads": args.threads, "stages": {}}
-    for spec in STAGES:
-        if str(spec.index) not in args.stages.split(","):
-            continue
-        row = bench_stage(cfg, spec, batch, args.steps)
-        results["stages"][spec.prefix] = row
+    stages = [spec for spec in STAGES if str(spec.index) in args.stages.split(",")]
+    for spec in stages:
+        results["stages"][spec.prefix] = bench_stage(cfg, spec, batch, args.steps)
+    if args.sync_steps > 0:
+        for prefix, row in measure_host_syncs(args, stages, batch).items():
+            results["stages"][prefix].update(row)
     peak = max(peak_before, matmul_flops_per_second())
     results["matmul_flops_per_s"] = peak
     results["reader_samples_per_s"] = reader_rate(cfg.data.dir, cfg.data.batch_size, args.reader_samples)
     print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s; stream reader: {results['reader_samples_per_s']:.0f} samples/s "
           f"(1 process, no workers)")
-    print(f"{'stage':<20} {'samples/s':>10} {'train GFLOP/sample':>19} {'GFLOP/s':>8} {'MFU':>6} {'reader/train':>12}")
+    print(f"{'stage':<20} {'samples/s':>10} {'train GFLOP/sample':>19} {'GFLOP/s':>8} {'MFU':>6} {'reader/train':>12} "
+          f"{'syncs/step':>10}")
     for name, row in results["stages"].items():
         row["mfu"] = row["achieved_flops_per_s"] / peak
         row["reader_over_train"] = results["reader_samples_per_s"] / row["samples_per_s"]
         print(f"{name:<20} {row['samples_per_s']:>10.1f} {row['train_flops_per_sample'] / 1e9:>19.3f} "
-              f"{row['achieved_flops_per_s'] / 1e9:>8.1f} {row['mfu']:>6.1%} {row['reader_over_train']:>12.1f}")
+              f"{row['achieved_flops_per_s'] / 1e9:>8.1f} {row['mfu']:>6.1%} {row['reader_over_train']:>12.1f} "
+              f"{row.get('host_syncs_per_step', '-'):>10}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
@@ -100,5 +125,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=0, help="batch size (default: data.batch_size)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reader-samples", type=int, default=2000)
+    parser.add_argument("--sync-steps", type=int, default=4,
+                        help="steps of the runner's train_step whose host syncs are counted (0: skip)")
     parser.add_argument("--json", default=None)
     parser.set_defaults(func=run)

@@ -6,7 +6,11 @@ one (a truth character the OCR missed) in column 36. Pairs come from `align_stri
 
 # NOTE: distributed invariant. `update` only touches this rank's local deltas; `sync` is the one
 # collective (a single all-reduce of the deltas). After `sync` every rank holds bitwise-identical
-# `counts`, equal to what one process would have counted over the same plates. Everything derived
+# `counts`, equal to what one process would have counted over the same plates.
+
+Host synchronisations: the training loop does not decode strings per step. `PendingReadings` keeps
+each step's greedy paths on the device; they are fetched in one transfer and aligned/counted (one
+`bincount`) at the fixed points, before `sync`, giving the same counts as a per-step update. Everything derived
 # (`rates`, `class_weights`, `top_confusions`, `heatmap_image`) reads only the synced counts, so it
 # is identical on all ranks too.
 """
@@ -50,9 +54,12 @@ class CharacterConfusionTracker:
         """Count the aligned (truth, prediction) pairs of a batch into this rank's local deltas."""
         if len(truths) != len(preds):
             raise ValueError(f"{len(truths)} truths but {len(preds)} predictions")
-        for truth, pred in zip(truths, preds):
-            for t, p in align_strings(truth, pred):
-                self.deltas[self._index(t, truth), self._index(p, pred)] += 1
+        size = self.num_chars + 1
+        flat = [self._index(t, truth) * size + self._index(p, pred)
+                for truth, pred in zip(truths, preds) for t, p in align_strings(truth, pred)]
+        if flat:
+            self.deltas += torch.bincount(torch.as_tensor(flat, dtype=torch.int64),
+                                          minlength=size * size).reshape(size, size)
 
     def sync(self) -> None:
         """Sum every rank's deltas into the global counts and zero the deltas.
@@ -142,3 +149,41 @@ class CharacterConfusionTracker:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
+
+
+class PendingReadings:
+    """Greedy paths of the training steps since the last fixed point, kept where they were computed.
+
+    `add` only appends device tensors (no host synchronisation); `drain` moves everything to the
+    host in one transfer per tensor kind and returns (sids, truths, readings) in step order, for the
+    confusion counts and the miner. # NOTE: local to a rank; drained before every `sync`.
+    """
+
+    def __init__(self):
+        self._sids: list[torch.Tensor] = []
+        self._classes: list[torch.Tensor] = []
+        self._emitted: list[torch.Tensor] = []
+        self._truths: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._truths)
+
+    def add(self, sids: torch.Tensor, truths: Sequence[str], best_class: torch.Tensor,
+            emitted: torch.Tensor) -> None:
+        if not len(truths) == best_class.shape[0] == emitted.shape[0] == sids.reshape(-1).shape[0]:
+            raise ValueError(f"{sids.numel()} sids, {len(truths)} truths, {best_class.shape[0]} readings")
+        self._sids.append(sids.detach().reshape(-1))
+        self._classes.append(best_class.detach())
+        self._emitted.append(emitted.detach())
+        self._truths.extend(truths)
+
+    def drain(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        from lpasrn.models.ocr_arch import readings_from_paths  # models import losses; keep this module light
+
+        if not self._truths:
+            return torch.zeros(0, dtype=torch.int64), [], []
+        sids = torch.cat(self._sids).to("cpu", torch.int64)
+        readings = readings_from_paths(torch.cat(self._classes).cpu(), torch.cat(self._emitted).cpu())
+        truths = self._truths
+        self.__init__()
+        return sids, truths, readings

@@ -80,9 +80,9 @@ def layout_penalty(char_probs: torch.Tensor, texts: list[str], layouts: list[str
     letter_mass = char_probs[..., list(LETTER_CLASSES)].sum(dim=-1)
     penalty = digit_on_letter * digit_mass * is_letter + letter_on_digit * letter_mass * is_digit
     positions = (is_letter | is_digit).sum()
-    if positions == 0:
-        return char_probs.sum() * 0.0
-    return penalty.sum() / positions
+    # no `if positions == 0` (a host sync): with no layout position the penalty sums to 0 (still
+    # attached to the graph) and the clamped divisor keeps it 0
+    return penalty.sum() / positions.clamp_min(1)
 
 
 def weighted_char_cross_entropy(char_log_probs: torch.Tensor, texts: list[str], mask: torch.Tensor,

@@ -128,9 +128,12 @@ def forced_align_batch(log_probs: torch.Tensor, targets: list[list[int]],
     lengths = torch.tensor([len(t) for t in targets], device=device)
     mask = torch.arange(max_len, device=device)[None, :] < lengths[:, None]
     alignable = torch.isfinite(scores)
-    for b in torch.nonzero(~alignable).flatten().tolist():
-        fallback = _evenly_spaced_frames(len(targets[b]), frames)
-        aligned[b, :len(fallback)] = torch.tensor(fallback, device=device)
+    # The fallback of every sample is built on the host from the targets alone and chosen on the
+    # device: asking which samples failed (`nonzero(...).tolist()`) would be a host sync per step.
+    fallback = torch.zeros((batch, max_len), dtype=torch.long)
+    for b, target in enumerate(targets):
+        fallback[b, :len(target)] = torch.as_tensor(_evenly_spaced_frames(len(target), frames), dtype=torch.long)
+    aligned = torch.where(alignable[:, None], aligned, fallback.to(device, non_blocking=True))
     return torch.where(mask, aligned, torch.zeros_like(aligned)), mask, alignable
 
 

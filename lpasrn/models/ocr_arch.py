@@ -7,12 +7,14 @@ for CTC to emit any valid text (repeated characters need a blank between them).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lpasrn.models.norm import BatchNorm2d
-from lpasrn.plates import BLANK, CLASS_TO_CHAR, HR_SIZE, NUM_CLASSES, encode
+from lpasrn.plates import BLANK, CLASS_TO_CHAR, HR_SIZE, MAX_TEXT_LEN, NUM_CLASSES, encode
 
 # Pooling after each conv stage: (height, width). Height 32 -> 1, width 96 -> 24.
 _POOLS = ((2, 2), (2, 2), (2, 1), (2, 1), (2, 1))
@@ -57,30 +59,88 @@ class SimpleCRNN(nn.Module):
         """images [B, 3, 32, 96] in [0, 1] -> logits [B, T=24, 37]."""
         feats = self.features(images * 2.0 - 1.0)  # [B, C, 1, T]
         seq = feats.squeeze(2).transpose(1, 2)  # [B, T, C]
-        # cuDNN refuses RNN backward in eval mode, and a frozen OCR runs in eval mode while the
-        # generator's gradient still flows through it; the native kernel has no such limit.
-        # With dropout 0 the LSTM computes the same function either way.
-        use_native = seq.is_cuda and not self.training and torch.is_grad_enabled()
-        with torch.backends.cudnn.flags(enabled=not use_native):
-            seq, _ = self.rnn(seq)
+        seq, _ = self._run_rnn(seq)
         return self.classifier(seq)
 
+    def _run_rnn(self, seq: torch.Tensor):
+        """The LSTM, through cuDNN also when the OCR is frozen (eval mode) and the generator's
+        gradient flows through it: cuDNN refuses RNN backward in eval mode, so the LSTM alone runs
+        in train mode there. With dropout 0 train and eval mode are the same function (an LSTM
+        has no running statistics); the conv stack's BatchNorm stays in eval mode."""
+        frozen_with_grad = seq.is_cuda and not self.training and torch.is_grad_enabled()
+        if not frozen_with_grad:
+            return self.rnn(seq)
+        if self.rnn.dropout != 0:  # a different function in train mode: the native kernel then
+            with torch.backends.cudnn.flags(enabled=False):
+                return self.rnn(seq)
+        self.rnn.train(True)
+        try:
+            return self.rnn(seq)
+        finally:
+            self.rnn.train(False)
 
-def ctc_loss(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class PlateTargets:
+    """Encoded plate texts of a batch, built once per batch: `padded` LongTensor [B, MAX_TEXT_LEN]
+    (class indices, 0 past each text) on the training device, `lengths` LongTensor [B] kept on the
+    CPU (CTC reads the lengths on the host; CPU lengths spare it a device-to-host copy)."""
+    padded: torch.Tensor
+    lengths: torch.Tensor
+
+    @staticmethod
+    def build(texts: list[str], device) -> "PlateTargets":
+        device = torch.device(device)
+        padded = torch.zeros((len(texts), MAX_TEXT_LEN), dtype=torch.long)
+        lengths = torch.zeros(len(texts), dtype=torch.long)
+        for b, text in enumerate(texts):
+            codes = encode(text)
+            if len(codes) > MAX_TEXT_LEN:
+                raise ValueError(f"plate text {text!r} (sample {b} of the batch) is longer than {MAX_TEXT_LEN}")
+            padded[b, :len(codes)] = torch.as_tensor(codes, dtype=torch.long)
+            lengths[b] = len(codes)
+        if device.type == "cuda":  # pinned: the copy below is asynchronous, the host does not wait
+            padded = padded.pin_memory()
+        return PlateTargets(padded.to(device, non_blocking=True), lengths)
+
+
+def ctc_loss(logits: torch.Tensor, texts: list[str], targets: PlateTargets | None = None) -> torch.Tensor:
     """CTC loss of logits [B, T, 37] against plate texts: per-sample negative log-likelihood
     (summed over the sequence, not divided by the text length), averaged over the batch.
-    zero_infinity=True so an impossible target (longer than T allows) contributes 0, not inf."""
+    zero_infinity=True so an impossible target (longer than T allows) contributes 0, not inf.
+    `targets`: the batch's texts already encoded (built here when None)."""
     batch, frames, _ = logits.shape
     if len(texts) != batch:
         raise ValueError(f"{len(texts)} texts for a batch of {batch}")
+    if targets is None:
+        targets = PlateTargets.build(texts, logits.device)
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, C]
-    encoded = [encode(t) for t in texts]
-    targets = torch.tensor([c for e in encoded for c in e], dtype=torch.long, device=logits.device)
-    target_lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long, device=logits.device)
-    input_lengths = torch.full((batch,), frames, dtype=torch.long, device=logits.device)
-    per_sample = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK,
-                            reduction="none", zero_infinity=True)
+    input_lengths = torch.full((batch,), frames, dtype=torch.long)  # CPU, like the target lengths
+    per_sample = F.ctc_loss(log_probs, targets.padded.to(logits.device), input_lengths, targets.lengths,
+                            blank=BLANK, reduction="none", zero_infinity=True)
     return per_sample.mean()
+
+
+def greedy_paths(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best path of logits [B, T, 37], on the logits' device (no host synchronisation):
+    (best class per frame [B, T] uint8, emitted [B, T] bool: the frames where a character's run
+    starts, max probability per frame [B, T] float32). `readings_from_paths` turns the first two
+    into strings on the host."""
+    with torch.no_grad():
+        probs = F.softmax(logits.float(), dim=-1)
+        best_prob, best_class = probs.max(dim=-1)  # [B, T]
+        previous = F.pad(best_class[:, :-1], (1, 0), value=BLANK)
+        emitted = (best_class != BLANK) & (best_class != previous)  # run starts of non-blanks
+    return best_class.to(torch.uint8), emitted, best_prob
+
+
+def readings_from_paths(best_class, emitted) -> list[str]:
+    """Texts of `greedy_paths`' (best_class, emitted), tensors or nested lists (one transfer each
+    when tensors: the caller batches them to keep host synchronisations rare)."""
+    if torch.is_tensor(best_class):
+        best_class, emitted = best_class.tolist(), emitted.tolist()
+    return ["".join(CLASS_TO_CHAR[c] for c, k in zip(classes, keep) if k)
+            for classes, keep in zip(best_class, emitted)]
 
 
 def greedy_decode(logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -91,17 +151,10 @@ def greedy_decode(logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     estimate of P(whole text correct). An empty reading gets confidence 0.
     Returns (texts, confidences FloatTensor[B] on the logits' device).
     """
+    best_class, emitted, best_prob = greedy_paths(logits)
     with torch.no_grad():
-        probs = F.softmax(logits.float(), dim=-1)
-        best_prob, best_class = probs.max(dim=-1)  # [B, T]
-        previous = F.pad(best_class[:, :-1], (1, 0), value=BLANK)
-        emitted = (best_class != BLANK) & (best_class != previous)  # run starts of non-blanks
         # log-sum over emitted frames is the product; empty readings are set to 0 below.
         log_conf = torch.where(emitted, best_prob.clamp_min(1e-30).log(), torch.zeros_like(best_prob))
         confidences = torch.where(emitted.any(dim=1), log_conf.sum(dim=1).exp(),
                                   torch.zeros(logits.shape[0], device=logits.device))
-        texts = []
-        for classes, keep in zip(best_class.tolist(), emitted.tolist()):
-            texts.append("".join(CLASS_TO_CHAR[c] for c, k in zip(classes, keep) if k))
-    return texts, confidences
-
+    return readings_from_paths(best_class, emitted), confidences

@@ -16,12 +16,13 @@ from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
 from lpasrn.errors import LpasrnError
-from lpasrn.models.ocr_arch import greedy_decode
+from lpasrn.models.ocr_arch import greedy_decode, greedy_paths
 from lpasrn.train import checkpoint as ckpt
 from lpasrn.train.data_sources import TrainBatches, fixed_val_samples
 from lpasrn.train.engine import BufferAverager, engine_info, fp32_master_state_dict, model_forward
 from lpasrn.train.lockstep import lockstep_loader
-from lpasrn.train.objective import StageObjective, outputs_needed
+from lpasrn.train.objective import (StageObjective, attach_targets, fetch_terms, grad_norm_finite, outputs_needed,
+                                    poison_nonfinite)
 from lpasrn.train.stage_state import StageStatistics
 from lpasrn.train.tracking import finish_stage_trackers, log_plate_grid, plate_grid, start_stage_trackers
 from lpasrn.train.validate import validate
@@ -171,38 +172,55 @@ class StageRunner:
         # NOTE: every rank takes every step: a batch that lost all its samples (corrupt) is replaced
         # by a stand-in with loss weight 0, so the forward/backward collectives still line up.
         empty = batch["hr"].shape[0] == 0
-        batch = self.to_device(self.stand_in if empty else batch)
+        batch = attach_targets(self.to_device(self.stand_in if empty else batch), self.acc.device)
         out = self.forward(self.model, batch, self.want)
         loss, terms = self.objective(out, batch)
         if empty:
             loss = loss * 0.0
-        # NOTE: every rank must take the same decision to skip, or the gradient all-reduce would hang.
-        finite = self.acc.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
-        if int(finite.item()) != self.acc.num_processes:
+        if not self.backward_finite(loss):
             self.skip_nonfinite(terms)
             return
         self.state.nonfinite_streak = 0
-        self.acc.backward(loss)
-        if self.cfg.train.grad_clip > 0 and self.acc.sync_gradients:
-            self.acc.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.buffers.average_()  # NOTE: all ranks, every step (see BufferAverager)
         self.state.global_step += 1
-        if "ocr_sr" in out and not empty:
-            readings, _ = greedy_decode(out["ocr_sr"].detach().float())
-            self.stats.update(batch["sid"], batch["text"], readings)
+        if "ocr_sr" in out and not empty:  # kept on the device; decoded and counted at the fixed points
+            best_class, emitted, _ = greedy_paths(out["ocr_sr"].detach())
+            self.stats.update(batch["sid"], batch["text"], best_class, emitted)
         if self.state.global_step % self.cfg.train.log_every == 0:
             self.log_terms(terms)
         if self.state.global_step % self.cfg.train.image_every == 0:
             self.log_grid()
 
+    def backward_finite(self, loss: torch.Tensor) -> bool:
+        """Backward (and clipping); False when the step must be skipped. One host sync per step.
+
+        # NOTE: every rank must take the same decision to skip, or the next collectives would not
+        # line up. DDP: a non-finite loss poisons this rank's gradients, the gradient all-reduce
+        # carries the NaN to every rank, and the norm of the averaged gradients decides the same on
+        # all ranks with no collective of its own. DeepSpeed: accelerate's backward also steps the
+        # engine, so nothing after it can undo the step; the loss is checked (one all-reduce) before.
+        """
+        if self.engine.deepspeed:
+            finite = self.acc.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
+            if int(finite.item()) != self.acc.num_processes:
+                return False
+            self.acc.backward(loss)
+            if self.cfg.train.grad_clip > 0 and self.acc.sync_gradients:
+                self.acc.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+            return True
+        self.acc.backward(poison_nonfinite(loss))
+        # max_norm inf: no clipping (the coefficient clamps to 1), only the norm for the decision
+        norm = self.acc.clip_grad_norm_(self.params, self.cfg.train.grad_clip or float("inf"))
+        return grad_norm_finite(norm)
+
     def skip_nonfinite(self, terms: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.nonfinite_total += 1
         self.state.nonfinite_streak += 1
-        log.warning("[%s] non-finite loss at step %d (%s): step skipped", self.spec.prefix,
-                    self.state.global_step, terms)
+        log.warning("[%s] non-finite loss or gradient at step %d (%s): step skipped", self.spec.prefix,
+                    self.state.global_step, fetch_terms(terms))
         if self.state.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
             raise LpasrnError(
                 f"{self.spec.prefix}: {self.state.nonfinite_streak} non-finite losses in a row; stopping. "
@@ -210,6 +228,7 @@ class StageRunner:
                 f"(stages.{self.spec.name}.lr) or check the data.")
 
     def log_terms(self, terms: dict) -> None:
+        terms = fetch_terms(terms)  # the one device-to-host transfer of the loss terms
         values = {f"{self.spec.prefix}/train_{k}": v for k, v in terms.items()}
         main = terms.get({"train_l1": "l1", "train_lcofl": "lcofl"}.get(self.spec.train_tag, "loss"), terms["loss"])
         values[f"{self.spec.prefix}/{self.spec.train_tag}"] = main

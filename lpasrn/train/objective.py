@@ -2,15 +2,21 @@
 
 The model is called once per step through its own forward (so DDP/DeepSpeed see every parameter
 use); the losses are computed here from what it returns.
+
+Host synchronisations: every value here stays a tensor. The terms are detached tensors that the
+loop fetches in one `fetch_terms` every `train.log_every` steps, and the non-finite decision is
+read once per step from the gradient norm after backward (`poison_nonfinite`, `grad_norm_finite`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at
 from lpasrn.losses.lcofl import LCOFL
 from lpasrn.losses.pixel import l1_loss
-from lpasrn.models.ocr_arch import ctc_loss
+from lpasrn.models.ocr_arch import PlateTargets, ctc_loss
 
 # What the model must produce for each component (see LPASRN.forward).
 COMPONENT_OUTPUTS = {
@@ -30,7 +36,8 @@ def outputs_needed(components, for_metrics: bool = False, uses_generator: bool =
 
 
 class StageObjective:
-    """Weighted sum of a stage's loss components; returns the total and each term (detached floats)."""
+    """Weighted sum of a stage's loss components; returns the total and each term (detached tensors,
+    read on the host only through `fetch_terms`)."""
 
     def __init__(self, components, loss_cfg, embed_target_epochs: int = 0):
         self.components = list(components)
@@ -47,12 +54,15 @@ class StageObjective:
             return lambda_embed_at(self.epoch, cfg.embed_warmup_epochs, cfg.lambda_embed)
         return {"ctc": 1.0, "ctc_hr": cfg.lambda_ctc_hr, "l1": cfg.lambda_l1, "lcofl": cfg.lambda_lcofl}[component]
 
-    def __call__(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`batch["targets"]` (PlateTargets, see `attach_targets`) is used when present, so the
+        encoded texts are built once per batch; without it they are built here."""
         terms: dict[str, torch.Tensor] = {}
-        details: dict[str, float] = {}
+        details: dict[str, torch.Tensor] = {}
+        targets = batch.get("targets")
         for component in self.components:
             if component in ("ctc", "ctc_hr"):
-                terms[component] = ctc_loss(out["ocr_hr"].float(), batch["text"])
+                terms[component] = ctc_loss(out["ocr_hr"].float(), batch["text"], targets)
             elif component == "l1":
                 terms["l1"] = l1_loss(out["sr"].float(), batch["hr"])
             elif component == "lcofl":
@@ -62,11 +72,51 @@ class StageObjective:
                 total, parts = self.lcofl(out["sr"].float(), batch["hr"], out["ocr_sr"].float(), batch["text"],
                                           batch["layout"], weights)
                 terms["lcofl"] = total
-                details.update({f"lcofl_{k}": float(v) for k, v in parts.items()})
+                details.update({f"lcofl_{k}": v.detach() for k, v in parts.items()})
             elif component == "embedding":
                 terms["embedding"] = contrastive_embedding_loss(
                     out["emb_sr"].float(), out["emb_hr"].float(), batch["text"], margin=self.cfg.embed_margin)
         total = sum(self.weight_of(name) * value for name, value in terms.items())
-        details.update({name: float(value.detach()) for name, value in terms.items()})
-        details["loss"] = float(total.detach())
+        details.update({name: value.detach() for name, value in terms.items()})
+        details["loss"] = total.detach()
         return total, details
+
+
+def attach_targets(batch: dict, device) -> dict:
+    """The batch with its encoded texts (`targets`) built once, from pinned memory when `device` is
+    CUDA (the copy is then asynchronous and does not wait for the host)."""
+    return {**batch, "targets": PlateTargets.build(batch["text"], device)}
+
+
+def fetch_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """All loss terms as floats in ONE device-to-host transfer (the loop calls it every log_every
+    steps, not every step: each `float(tensor)` would be a host synchronisation of its own)."""
+    if not terms:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
+    return dict(zip(terms, values))
+
+
+def poison_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss` whose gradients are all NaN when its value is not finite.
+
+    A NaN/inf loss does not always give non-finite gradients (a constant NaN term has gradient 0).
+    Multiplying by NaN when the loss is not finite (by 1 otherwise, the same value and gradient)
+    makes every gradient of this rank NaN; the DDP all-reduce then carries that NaN into every
+    rank's gradients, so the norm read after backward (`grad_norm_finite`) says "skip" on every
+    rank at once with no collective of its own. No host synchronisation: `torch.where` on device.
+    """
+    finite = torch.isfinite(loss.detach())
+    return loss * torch.where(finite, torch.ones_like(loss.detach()), torch.full_like(loss.detach(), float("nan")))
+
+
+def grad_norm_finite(norm: torch.Tensor | float) -> bool:
+    """Whether the (already all-reduced) total gradient norm is finite: the step's one host sync.
+
+    # NOTE: distributed invariant: under DDP the gradients are averaged over ranks by backward, so
+    # their norm, and this decision, are the same on every rank (bitwise: every rank reduces the
+    # same averaged gradients in the same order).
+    """
+    if not torch.is_tensor(norm):
+        return math.isfinite(norm)
+    return bool(torch.isfinite(norm.detach()).item())

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from lpasrn.data.shards import load_manifest, split_entry
-from lpasrn.distributed.confusion import CharacterConfusionTracker
+from lpasrn.distributed.confusion import CharacterConfusionTracker, PendingReadings
 from lpasrn.distributed.miner import HardExampleMiner
 from lpasrn.models.ocr_arch import greedy_decode
 from lpasrn.train.lockstep import select_rows, with_stand_in
@@ -23,22 +23,33 @@ class StageStatistics:
     def __init__(self, cfg, spec, stage_cfg, accelerator, stage_dir):
         self.cfg, self.spec, self.stage_cfg, self.acc = cfg, spec, stage_cfg, accelerator
         self.confusion = CharacterConfusionTracker()
+        self.pending = PendingReadings()  # the training steps' readings, counted at the fixed points
         self.miner: HardExampleMiner | None = None
         if spec.sampler == "weighted":
             num_train = split_entry(load_manifest(cfg.data.dir), "train", cfg.data.dir)["num_samples"]
             mining = stage_cfg.hard_mining
             self.miner = HardExampleMiner(num_train, mining.ema_momentum, mining.difficulty_alpha)
 
-    def update(self, sids: torch.Tensor, truths: list[str], readings: list[str]) -> None:
-        """Local deltas only: no communication inside the training loop."""
+    def update(self, sids: torch.Tensor, truths: list[str], best_class: torch.Tensor, emitted: torch.Tensor) -> None:
+        """Keep a step's greedy paths (ocr_arch.greedy_paths) on the device: no host sync, no
+        communication inside the training loop; counted by `flush`."""
+        if self.stage_cfg.update_confusion or self.miner is not None:
+            self.pending.add(sids, truths, best_class, emitted)
+
+    def flush(self) -> None:
+        """Decode and count the pending readings into the local deltas (one transfer; local only)."""
+        sids, truths, readings = self.pending.drain()
+        if not truths:
+            return
         if self.stage_cfg.update_confusion:
             self.confusion.update(truths, readings)
         if self.miner is not None:
-            self.miner.update_from_strings(sids.cpu(), truths, readings)
+            self.miner.update_from_strings(sids, truths, readings)
 
     def sync(self) -> None:
         """# NOTE: call on all ranks at the same points (epoch end, before every checkpoint):
         one all-reduce each for the confusion counts and the miner counters."""
+        self.flush()
         self.confusion.sync()
         if self.miner is not None:
             self.miner.sync()
@@ -51,10 +62,12 @@ class StageStatistics:
         changes nothing the run computes later; the miner is NOT synced (its EMA would take a step
         the uninterrupted run never takes), `tensors` stores its summed deltas instead.
         # NOTE: call on all ranks (one all-reduce)."""
+        self.flush()  # pending readings first, or their confusion deltas would miss the sync
         self.confusion.sync()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensors. # NOTE: call on all ranks: the miner's deltas are summed over ranks."""
+        self.flush()  # nothing pending may be left out of a checkpoint
         out = {f"confusion.{k}": v for k, v in self.confusion.state_dict().items()}
         if self.miner is not None:
             state = self.miner.checkpoint_state()
