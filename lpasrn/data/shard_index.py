@@ -32,7 +32,8 @@ def index_name(split: str) -> str:
     return f"{split}{INDEX_SUFFIX}"
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shards and index files alike)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -78,7 +79,7 @@ class IndexBuilder:
         os.replace(partial, self.path)
         self.raw_path.unlink()
         return {"file": self.path.name, "records": self.count, "size": self.path.stat().st_size,
-                "sha256": _sha256_of(self.path)}
+                "sha256": sha256_of(self.path)}
 
     def abort(self) -> None:
         self._raw.close()

@@ -11,7 +11,6 @@ sorted keys and fixed separators, and the manifest holds no timestamp.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import tarfile
 from pathlib import Path
 
 from lpasrn.data.records import PlateRecord
-from lpasrn.data.shard_index import IndexBuilder
+from lpasrn.data.shard_index import IndexBuilder, sha256_of
 from lpasrn.errors import LpasrnError
 
 MANIFEST_NAME = "manifest.json"
@@ -74,14 +73,6 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _ShardTar:
     """One shard being written to `<name>.partial`; renamed to its final name only when complete."""
 
@@ -108,7 +99,7 @@ class _ShardTar:
         self._file.close()
         os.replace(self.partial_path, self.path)
         return {"name": self.path.name, "num_samples": self.num_samples,
-                "sha256": _sha256_of(self.path), "size": self.path.stat().st_size}
+                "sha256": sha256_of(self.path), "size": self.path.stat().st_size}
 
     def abort(self) -> None:
         self._file.close()
@@ -291,12 +282,12 @@ def verify_shards(data_dir) -> list[str]:
             path = data_dir / index["file"]
             if not path.is_file():
                 problems.append(f"{path}: missing")
-            elif path.stat().st_size != index["size"] or _sha256_of(path) != index["sha256"]:
+            elif path.stat().st_size != index["size"] or sha256_of(path) != index["sha256"]:
                 problems.append(f"{path}: size or sha256 differs from the manifest")
         for shard in split["shards"]:
             path = data_dir / shard["name"]
             if not path.is_file():
                 problems.append(f"{path}: missing")
-            elif path.stat().st_size != shard["size"] or _sha256_of(path) != shard["sha256"]:
+            elif path.stat().st_size != shard["size"] or sha256_of(path) != shard["sha256"]:
                 problems.append(f"{path}: size or sha256 differs from the manifest")
     return problems
