@@ -41,7 +41,7 @@ def _range(lo=None, hi=None, choices=None):
     return {"lo": lo, "hi": hi, "choices": choices}
 
 
-LOSS_COMPONENTS = ("ctc", "l1", "lcofl", "ctc_hr", "embedding")
+LOSS_COMPONENTS = ("ctc", "l1", "lcofl", "ctc_hr", "ctc_sr", "embedding")
 
 
 @dataclass
@@ -70,6 +70,12 @@ class ModelConfig:
     use_character_attention: bool = True
     msca_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     use_lightweight_embedder: bool = False
+    # SR clamped to [0, 1] inside the generator: validation, the losses and evaluation all see the
+    # image that is reported (an unclamped output was read by validation but clamped in evaluation).
+    clamp_sr: bool = True
+    # One OCR (and embedder) forward over SR and HR concatenated when both are read: BatchNorm then
+    # normalises one batch of both, as the evaluated model was trained, not two separate ones.
+    joint_ocr_forward: bool = True
 
 
 @dataclass
@@ -80,6 +86,12 @@ class LossConfig:
     lambda_ssim: float = field(default=1.0, metadata=_range(0.0))
     lambda_lcofl: float = field(default=1.0, metadata=_range(0.0))
     lambda_ctc_hr: float = field(default=1.0, metadata=_range(0.0))
+    # CTC of the OCR on SR as a generator term: LCOFL's per-character CE reads each character at its
+    # best frame, so it never penalises insertions; the full CTC does.
+    lambda_ctc_sr: float = field(default=1.0, metadata=_range(0.0))
+    # LCOFL constants (official: sum per plate, (1 - SSIM) / 2; see losses/lcofl.py)
+    layout_reduction: str = field(default="plate_sum", metadata=_range(choices=("plate_sum", "position_mean")))
+    ssim_loss_scale: float = field(default=0.5, metadata=_range(0.0))
     ssim_window: int = field(default=5, metadata=_range(3))
     digit_on_letter: float = field(default=0.4, metadata=_range(0.0))
     letter_on_digit: float = field(default=0.5, metadata=_range(0.0))
@@ -107,6 +119,16 @@ class StageConfig:
     freeze_ocr: bool = True
     update_confusion: bool = False
     hard_mining: HardMiningConfig = field(default_factory=HardMiningConfig)
+    # lr = lr x train/schedule.lr_factor(step): linear warm-up over warmup_fraction of the stage's
+    # steps, then constant or a cosine down to min_lr_ratio x lr at the stage's last step.
+    lr_schedule: str = field(default="cosine", metadata=_range(choices=("constant", "cosine")))
+    warmup_fraction: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    min_lr_ratio: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    # Where the confusion counts (LCOFL's class weights) start when update_confusion is on: "carry"
+    # the previous stage's (its export's confusion file; a scoring pass when it has none), "score"
+    # with a pass over the training split before the first step, or "none" (empty: uniform weights
+    # until the first epoch ends).
+    confusion_start: str = field(default="carry", metadata=_range(choices=("carry", "score", "none")))
 
 
 def _stage(epochs, lr, components, freeze_ocr=True, update_confusion=False):

@@ -42,9 +42,10 @@ model: {{generator_preset: tiny, ocr_preset: tiny, use_lightweight_embedder: tru
 stages:
   pretrain: {{epochs: 1, lr: 1.0e-3, loss_components: [ctc], freeze_ocr: false}}
   warmup: {{epochs: 1, lr: 1.0e-3, loss_components: [l1]}}
-  lcofl: {{epochs: 1, lr: 1.0e-3, loss_components: [l1, lcofl], update_confusion: true}}
+  lcofl: {{epochs: 1, lr: 1.0e-3, loss_components: [l1, lcofl, ctc_sr], update_confusion: true}}
   finetune: {{epochs: 1, lr: 1.0e-4, loss_components: [l1, lcofl, ctc_hr], freeze_ocr: false, update_confusion: true}}
-  hard_mining: {{epochs: 2, lr: 1.0e-4, loss_components: [l1, lcofl, embedding], update_confusion: true}}
+  hard_mining: {{epochs: 2, lr: 1.0e-4, loss_components: [l1, lcofl, embedding], update_confusion: true,
+                 warmup_fraction: 0.34}}
 train: {{log_every: 1, image_every: 2}}
 tracking: {{wandb: off, num_image_samples: 4}}
 {extra}

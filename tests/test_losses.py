@@ -35,12 +35,30 @@ def test_layout_penalty_equals_hand_computed_value():
     # An 'other' plate read as pure nonsense: no layout prior, no penalty.
     probs[2, :4] = 0.0
     probs[2, :4, CHAR_TO_CLASS["Q"]] = 1.0
-    value = layout_penalty(probs, texts, ["brazilian", "mercosur", "other"])
+    layouts = ["brazilian", "mercosur", "other"]
+    # official (Valfride/lpsr-lacd, lossPack.py): summed per plate, averaged over the 3 plates
+    value = layout_penalty(probs, texts, layouts)
+    assert float(value) == pytest.approx((0.4 * 0.3 + 0.5 * 0.2 + 0.4 * 0.5) / 3, abs=1e-7)
+    mean = layout_penalty(probs, texts, layouts, reduction="position_mean")
     expected = (0.4 * 0.3 + 0.5 * 0.2 + 0.4 * 0.5) / 14  # mean over the 14 layout positions
-    assert float(value) == pytest.approx(expected, abs=1e-7)
-    custom = layout_penalty(probs, texts, ["brazilian", "mercosur", "other"],
-                            letter_on_digit=1.0, digit_on_letter=2.0)
-    assert float(custom) == pytest.approx((2.0 * 0.3 + 1.0 * 0.2 + 2.0 * 0.5) / 14, abs=1e-7)
+    assert float(mean) == pytest.approx(expected, abs=1e-7)
+    custom = layout_penalty(probs, texts, layouts, letter_on_digit=1.0, digit_on_letter=2.0)
+    assert float(custom) == pytest.approx((2.0 * 0.3 + 1.0 * 0.2 + 2.0 * 0.5) / 3, abs=1e-7)
+    with pytest.raises(ValueError, match="layout reduction"):
+        layout_penalty(probs, texts, layouts, reduction="sum")
+
+
+def test_ssim_term_is_half_of_one_minus_ssim_by_default():
+    """kornia's SSIMLoss, which the official LCOFL uses, is (1 - SSIM) / 2."""
+    torch.manual_seed(0)
+    sr, hr = torch.rand(2, 3, 32, 96), torch.rand(2, 3, 32, 96)
+    logits = torch.randn(2, 24, NUM_CLASSES)
+    texts = ["ABC1234", "ABC1D23"]
+    one_minus = 1.0 - float(ssim(sr, hr, window=5))
+    _, official = LCOFL()(sr, hr, logits, texts)
+    _, full = LCOFL(ssim_loss_scale=1.0)(sr, hr, logits, texts)
+    assert float(official["ssim_loss"]) == pytest.approx(one_minus / 2, rel=1e-5)
+    assert float(full["ssim_loss"]) == pytest.approx(one_minus, rel=1e-5)
 
 
 def test_perfect_reading_has_zero_layout_penalty():

@@ -64,6 +64,35 @@ def test_log_to_a_file_is_one_line_per_epoch(smoke_run):
     assert len(epochs) >= len(STAGES), proc.stdout[-2000:]
 
 
+def test_confusion_counts_reach_the_next_stage(smoke_run):
+    """Stage 2 (after stage 1, which counts nothing) scores the training split before its first
+    step; every later LCOFL stage starts from the counts exported beside the previous best weights."""
+    run_dir, proc = smoke_run
+    assert "[stage2_lcofl] confusion counts scored on the training split" in proc.stdout
+    for spec in STAGES[3:]:
+        assert f"[{spec.prefix}] confusion counts carried from " in proc.stdout
+    for spec in STAGES[2:]:
+        counts = load_file(str(run_dir / spec.prefix / "best" / "confusion.safetensors"))["counts"]
+        assert counts.shape == (37, 37) and int(counts.sum()) > 0
+    assert not (run_dir / STAGES[1].prefix / "best" / "confusion.safetensors").exists()
+
+
+def test_lr_follows_the_schedule(smoke_run):
+    """Warm-up then cosine: the logged lr rises, then falls towards min_lr_ratio x lr."""
+    run_dir, _ = smoke_run
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "stage4_hard_mining/lr" in acc.Tags()["scalars"]:
+            values = [e.value for e in acc.Scalars("stage4_hard_mining/lr")]
+            break
+    else:
+        raise AssertionError("no stage4_hard_mining/lr scalar")
+    peak = max(values)
+    assert peak == pytest.approx(1.0e-4, rel=1e-5) and values[0] < peak
+    assert values[-1] < 0.2 * peak and values.index(peak) < len(values) // 2
+
+
 def test_tensorboard_has_the_design_tags(smoke_run):
     run_dir, _ = smoke_run
     tags = set()

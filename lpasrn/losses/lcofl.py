@@ -1,6 +1,14 @@
 """LCOFL: layout- and character-oriented focal loss, built so that every term trains the generator.
 
-LCOFL = lambda_cls * L_cls + lambda_layout * L_layout + lambda_ssim * (1 - SSIM(sr, hr)).
+LCOFL = lambda_cls * L_cls + lambda_layout * L_layout + lambda_ssim * (1 - SSIM(sr, hr)) / 2.
+
+Constants as the official code defines them (Valfride/lpsr-lacd, losses/lossPack.py,
+OCR_perceptual_loss): the layout penalty adds 0.4 per digit read on a letter position and 0.5 per
+letter read on a digit position, SUMMED over a plate's positions and averaged over the plates of the
+batch (`layout_penalty` + `forward`: `penalty/len(pred1_layout)`); the SSIM term is kornia's
+`SSIMLoss`, which returns (1 - SSIM) / 2 (window 5 in configs/cgnetV2_deformable.yaml). The older
+reductions (mean per layout position, 1 - SSIM) stay available through `layout_reduction` and
+`ssim_loss_scale` (config keys `loss.layout_reduction`, `loss.ssim_loss_scale`).
 
 The published code computes its character and layout terms from decoded strings of a detached SR
 image, so only its SSIM term reaches the generator. Here both OCR terms are functions of the OCR's
@@ -64,21 +72,30 @@ def _position_kinds(texts: list[str], layouts: list[str], max_len: int,
     return is_letter.to(device), is_digit.to(device)
 
 
+LAYOUT_REDUCTIONS = ("plate_sum", "position_mean")
+
+
 def layout_penalty(char_probs: torch.Tensor, texts: list[str], layouts: list[str],
-                   letter_on_digit: float = 0.5, digit_on_letter: float = 0.4) -> torch.Tensor:
+                   letter_on_digit: float = 0.5, digit_on_letter: float = 0.4,
+                   reduction: str = "plate_sum") -> torch.Tensor:
     """Layout term on per-position probabilities char_probs [B, K, 37].
 
     On each letter position: digit_on_letter x (probability mass on the 10 digit classes); on each
-    digit position: letter_on_digit x (mass on the 26 letter classes). The result is the MEAN over
-    all layout positions of the batch (so plates with layout 'other' neither add penalty nor dilute
-    it); 0, still attached to the graph, when the batch has no layout position.
+    digit position: letter_on_digit x (mass on the 26 letter classes). reduction "plate_sum" (the
+    official definition): summed over each plate's positions, then the mean over the B plates
+    ('other' plates add 0); "position_mean": the mean over all layout positions of the batch (about
+    7x weaker on 7-character plates). 0, still attached to the graph, when nothing has a layout.
     """
+    if reduction not in LAYOUT_REDUCTIONS:
+        raise ValueError(f"layout reduction {reduction!r} is not one of {list(LAYOUT_REDUCTIONS)}")
     if len(texts) != char_probs.shape[0] or len(layouts) != char_probs.shape[0]:
         raise ValueError(f"{len(texts)} texts / {len(layouts)} layouts for a batch of {char_probs.shape[0]}")
     is_letter, is_digit = _position_kinds(texts, layouts, char_probs.shape[1], char_probs.device)
     digit_mass = char_probs[..., list(DIGIT_CLASSES)].sum(dim=-1)
     letter_mass = char_probs[..., list(LETTER_CLASSES)].sum(dim=-1)
     penalty = digit_on_letter * digit_mass * is_letter + letter_on_digit * letter_mass * is_digit
+    if reduction == "plate_sum":
+        return penalty.sum() / max(1, char_probs.shape[0])
     positions = (is_letter | is_digit).sum()
     # no `if positions == 0` (a host sync): with no layout position the penalty sums to 0 (still
     # attached to the graph) and the clamped divisor keeps it 0
@@ -107,12 +124,16 @@ def weighted_char_cross_entropy(char_log_probs: torch.Tensor, texts: list[str], 
 
 class LCOFL(nn.Module):
     """The LCOFL loss; see the module docstring. forward returns (total, terms) where terms holds
-    detached values of 'cls', 'layout' and 'ssim_loss' (= 1 - SSIM) for logging."""
+    detached values of 'cls', 'layout' and 'ssim_loss' (= ssim_loss_scale * (1 - SSIM)) for logging."""
 
     def __init__(self, lambda_cls: float = 1.0, lambda_layout: float = 1.0, lambda_ssim: float = 1.0,
                  ssim_window: int = 5, letter_on_digit: float = 0.5, digit_on_letter: float = 0.4,
-                 max_len: int = MAX_TEXT_LEN):
+                 max_len: int = MAX_TEXT_LEN, layout_reduction: str = "plate_sum",
+                 ssim_loss_scale: float = 0.5):
         super().__init__()
+        if layout_reduction not in LAYOUT_REDUCTIONS:
+            raise ValueError(f"layout reduction {layout_reduction!r} is not one of {list(LAYOUT_REDUCTIONS)}")
+        self.layout_reduction, self.ssim_loss_scale = layout_reduction, ssim_loss_scale
         self.lambda_cls, self.lambda_layout, self.lambda_ssim = lambda_cls, lambda_layout, lambda_ssim
         self.ssim_window = ssim_window
         self.letter_on_digit, self.digit_on_letter = letter_on_digit, digit_on_letter
@@ -129,8 +150,8 @@ class LCOFL(nn.Module):
         char_log_probs = gather_frames(F.log_softmax(ocr_logits_on_sr.float(), dim=-1), frames)
         l_cls = weighted_char_cross_entropy(char_log_probs, texts, mask, class_weights)
         l_layout = layout_penalty(char_log_probs.exp(), texts, layouts,
-                                  self.letter_on_digit, self.digit_on_letter)
-        l_ssim = 1.0 - ssim(sr, hr, window=self.ssim_window)
+                                  self.letter_on_digit, self.digit_on_letter, self.layout_reduction)
+        l_ssim = self.ssim_loss_scale * (1.0 - ssim(sr, hr, window=self.ssim_window))
         total = self.lambda_cls * l_cls + self.lambda_layout * l_layout + self.lambda_ssim * l_ssim
         terms = {"cls": l_cls.detach(), "layout": l_layout.detach(), "ssim_loss": l_ssim.detach()}
         return total, terms

@@ -132,8 +132,13 @@ class Generator(nn.Module):
 
     def __init__(self, num_channels: int = 64, num_blocks: int = 12, growth: int = 32, use_dcnv4: bool = True,
                  use_character_attention: bool = True, msca_scales=(1.0, 0.5, 0.25), scale: int = 2,
-                 dense_blocks_per_block: int = 3, dcn_groups: int = 4, last_init_scale: float = 0.01):
+                 dense_blocks_per_block: int = 3, dcn_groups: int = 4, last_init_scale: float = 0.01,
+                 clamp_output: bool = False):
         super().__init__()
+        # The output is an image: clamped to [0, 1] here so that every reader (validation, losses,
+        # evaluation, export) sees the same pixels; unclamped, validation picked the best model on
+        # values that evaluation then clipped.
+        self.clamp_output = clamp_output
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"scale must be a power of two >= 2, got {scale}")
         self.scale = scale
@@ -174,7 +179,8 @@ class Generator(nn.Module):
             features = self.character_attention(features)
         residual = self.conv_last(self.upsample(features))
         bicubic = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return bicubic + residual
+        sr = bicubic + residual
+        return sr.clamp(0.0, 1.0) if self.clamp_output else sr
 
 
 GENERATOR_PRESETS = {

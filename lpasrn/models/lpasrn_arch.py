@@ -22,11 +22,15 @@ OUTPUTS = ("sr", "ocr_sr", "ocr_hr", "emb_sr", "emb_hr")
 
 
 class LPASRN(nn.Module):
-    def __init__(self, generator: nn.Module, ocr: nn.Module, embedder: nn.Module):
+    def __init__(self, generator: nn.Module, ocr: nn.Module, embedder: nn.Module, joint_forward: bool = False):
         super().__init__()
         self.generator = generator
         self.ocr = ocr
         self.embedder = embedder
+        # One OCR/embedder call over SR and HR together when both are asked for: in train mode
+        # BatchNorm then normalises with the statistics of the mixed batch (and updates its running
+        # statistics once per step) instead of alternating between an SR-only and an HR-only batch.
+        self.joint_forward = joint_forward
 
     def set_trainable(self, parts: set[str]) -> None:
         """requires_grad=True for the parameters of the named parts, False for the others.
@@ -71,20 +75,29 @@ class LPASRN(nn.Module):
             result["sr"] = self.generator(lr)
         if {"ocr_hr", "emb_hr"} & set(outputs) and hr is None:
             raise ValueError(f"outputs {outputs} need the HR batch")
-        if "ocr_sr" in outputs:
-            result["ocr_sr"] = self.ocr(result["sr"])
-        if "ocr_hr" in outputs:
-            result["ocr_hr"] = self.ocr(hr)
-        if "emb_sr" in outputs:
-            result["emb_sr"] = self.embedder(result["sr"])
-        if "emb_hr" in outputs:
-            result["emb_hr"] = self.embedder(hr)
+        for part, names in ((self.ocr, ("ocr_sr", "ocr_hr")), (self.embedder, ("emb_sr", "emb_hr"))):
+            result.update(self._read(part, names, result.get("sr"), hr, outputs))
         return result
+
+    def _read(self, part: nn.Module, names: tuple[str, str], sr, hr, outputs) -> dict[str, torch.Tensor]:
+        """`part` on SR and/or HR as requested: one call over both when joint_forward is on."""
+        on_sr, on_hr = names[0] in outputs, names[1] in outputs
+        if on_sr and on_hr and self.joint_forward:
+            both = part(torch.cat([sr, hr.to(sr.dtype)]))
+            return {names[0]: both[:sr.shape[0]], names[1]: both[sr.shape[0]:]}
+        out = {}
+        if on_sr:
+            out[names[0]] = part(sr)
+        if on_hr:
+            out[names[1]] = part(hr)
+        return out
 
 
 def build_model(generator_preset: str = "paper", ocr_preset: str = "paper", embedding_dim: int = 128,
-                lightweight_embedder: bool = False, generator_overrides: dict | None = None) -> LPASRN:
+                lightweight_embedder: bool = False, generator_overrides: dict | None = None,
+                joint_forward: bool = False) -> LPASRN:
     """An LPASRN from presets; generator_overrides go to build_generator (e.g. num_blocks=4)."""
     generator = build_generator(generator_preset, **(generator_overrides or {}))
     return LPASRN(generator, SimpleCRNN(ocr_preset),
-                  SiameseEmbedder(embedding_dim=embedding_dim, lightweight=lightweight_embedder))
+                  SiameseEmbedder(embedding_dim=embedding_dim, lightweight=lightweight_embedder),
+                  joint_forward=joint_forward)

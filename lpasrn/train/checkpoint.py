@@ -143,8 +143,13 @@ def check_weights_match(model: torch.nn.Module, weights_file: Path) -> dict[str,
     return found
 
 
-def export_weights(state_dict: dict[str, torch.Tensor], export_dir: Path, config_text: str, metrics: dict) -> None:
-    """Write plain fp32 safetensors + config + metrics, atomically (never a half-written export)."""
+CONFUSION_FILE = "confusion.safetensors"  # beside an export: the confusion counts a next stage carries
+
+
+def export_weights(state_dict: dict[str, torch.Tensor], export_dir: Path, config_text: str, metrics: dict,
+                   extras: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write plain fp32 safetensors + config + metrics (+ `extras`: file name -> tensors, e.g. the
+    confusion counts), atomically (never a half-written export)."""
     tmp = export_dir.parent / f".tmp-{export_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -153,6 +158,8 @@ def export_weights(state_dict: dict[str, torch.Tensor], export_dir: Path, config
     save_file(weights, str(tmp / EXPORT_WEIGHTS))
     (tmp / "config.yaml").write_text(config_text)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    for name, tensors in (extras or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
     old = export_dir.parent / f".old-{export_dir.name}"
     shutil.rmtree(old, ignore_errors=True)
     if export_dir.exists():

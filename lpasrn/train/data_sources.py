@@ -98,6 +98,16 @@ class TrainBatches:
                                        rank=accelerator.process_index, world_size=accelerator.num_processes,
                                        num_workers=data.num_workers, mode="resampled")
 
+    def steps_per_epoch(self) -> int:
+        """Batches of an epoch on every rank (the same on all: resampled stream, or the weighted
+        draw's per-rank share), capped by train.max_steps_per_epoch: what the lr schedule spans."""
+        if self.stream is not None:
+            steps = self.stream.num_batches()
+        else:
+            steps = len(self.sampler) // self.cfg.data.batch_size
+        limit = self.cfg.train.max_steps_per_epoch
+        return min(steps, limit) if limit else steps
+
     def for_epoch(self, epoch: int, skip_batches: int = 0):
         """Batches of this rank for `epoch` from batch `skip_batches` on; the order depends only on
         (seed, epoch, rank), so a mid-epoch resume jumps to its position without decoding the

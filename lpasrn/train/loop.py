@@ -23,6 +23,7 @@ from lpasrn.train.engine import BufferAverager, engine_info, fp32_master_state_d
 from lpasrn.train.lockstep import lockstep_loader
 from lpasrn.train.objective import (StageObjective, attach_targets, fetch_terms, grad_norm_finite, outputs_needed,
                                     poison_nonfinite)
+from lpasrn.train.schedule import apply_lr, lr_factor
 from lpasrn.train.stage_state import StageStatistics
 from lpasrn.train.tracking import finish_stage_trackers, log_plate_grid, plate_grid, start_stage_trackers
 from lpasrn.train.validate import validate
@@ -47,7 +48,7 @@ class LoopState:
 
 class StageRunner:
     def __init__(self, spec, cfg, accelerator, model, optimizer, stage_dir: Path, config_text: str,
-                 preempt_file: Path | None, frozen_fp32: dict[str, torch.Tensor]):
+                 preempt_file: Path | None, frozen_fp32: dict[str, torch.Tensor], init_dir: Path | None = None):
         self.spec, self.cfg, self.acc = spec, cfg, accelerator
         self.stage_cfg = getattr(cfg.stages, spec.name)
         self.model, self.optimizer = model, optimizer
@@ -60,6 +61,9 @@ class StageRunner:
         self.want = tuple(sorted(want))
         self.stats = StageStatistics(cfg, spec, self.stage_cfg, accelerator, stage_dir)
         self.train_batches = TrainBatches(cfg, spec, self.stage_cfg, accelerator, self.stats)
+        self.total_steps = self.stage_cfg.epochs * self.train_batches.steps_per_epoch()
+        self.init_dir = init_dir  # the previous stage's export (confusion counts to carry), or None
+        self.lr = self.stage_cfg.lr
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.engine = engine_info(accelerator, model)
         accelerator.print(f"[{spec.prefix}] {self.engine.summary}")
@@ -114,11 +118,8 @@ class StageRunner:
     def run(self) -> Path:
         start_stage_trackers(self.acc, self.cfg, self.stage_dir.parent, self.spec.prefix, self.cfg.to_dict())
         fresh = self.state.epoch == 0 and self.state.step_in_epoch == 0
-        if fresh and self.stats.miner is not None and self.stage_cfg.hard_mining.score_before_stage:
-            self.stats.score_training_split(self.forward, self.to_device, self.lockstep_batches("train"),
-                                            self.stand_in, self.acc.unwrap_model(self.model),
-                                            self.train_batches.read_errors)
-            self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
+        if fresh:
+            self.start_statistics()
         try:
             for epoch in range(self.state.epoch, self.stage_cfg.epochs):
                 self.train_epoch(epoch)
@@ -130,6 +131,27 @@ class StageRunner:
         if not (self.stage_dir / "best" / ckpt.EXPORT_WEIGHTS).is_file():
             raise LpasrnError(f"stage {self.spec.prefix} finished without a best export in {self.stage_dir}")
         return self.stage_dir / "best"
+
+    def start_statistics(self) -> None:
+        """Before a fresh stage's first step: confusion counts carried from the previous stage (or
+        scored), so LCOFL's class weights act from the first epoch; the miner's difficulties scored.
+        # NOTE: call on all ranks: every rank reads the same file, the scoring pass is collective."""
+        score_miner = self.stats.miner is not None and self.stage_cfg.hard_mining.score_before_stage
+        start = self.stage_cfg.confusion_start if self.stage_cfg.update_confusion and self.spec.uses_generator \
+            else "none"
+        carried = start == "carry" and self.stats.carry_confusion(self.init_dir)
+        score_confusion = start == "score" or (start == "carry" and not carried)
+        if score_miner or score_confusion:
+            self.stats.score_training_split(self.forward, self.to_device, self.lockstep_batches("train"),
+                                            self.stand_in, self.acc.unwrap_model(self.model),
+                                            self.train_batches.read_errors, score_miner, score_confusion)
+        if start != "none":
+            self.objective.class_weights = self.stats.class_weights()
+            source = "carried from " + str(self.init_dir) if carried else "scored on the training split"
+            self.acc.print(f"[{self.spec.prefix}] confusion counts {source}: "
+                           f"{int(self.stats.confusion.counts.sum())} readings")
+        if score_miner:
+            self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
 
     def train_epoch(self, epoch: int) -> None:
         self.objective.epoch = epoch
@@ -172,6 +194,10 @@ class StageRunner:
         # NOTE: every rank takes every step: a batch that lost all its samples (corrupt) is replaced
         # by a stand-in with loss weight 0, so the forward/backward collectives still line up.
         empty = batch["hr"].shape[0] == 0
+        # before the forward: under DeepSpeed accelerate's backward also takes the optimizer step
+        self.lr = apply_lr(self.optimizer, self.stage_cfg.lr,
+                           lr_factor(self.state.global_step, self.total_steps, self.stage_cfg.lr_schedule,
+                                     self.stage_cfg.warmup_fraction, self.stage_cfg.min_lr_ratio))
         batch = attach_targets(self.to_device(self.stand_in if empty else batch), self.acc.device)
         out = self.forward(self.model, batch, self.want)
         loss, terms = self.objective(out, batch)
@@ -235,6 +261,7 @@ class StageRunner:
         if "embedding" in terms:
             values[f"{self.spec.prefix}/embedding_loss"] = terms["embedding"]
         values[f"{self.spec.prefix}/nonfinite_skipped"] = float(self.state.nonfinite_total)
+        values[f"{self.spec.prefix}/lr"] = self.lr
         self.acc.log(values, step=self.state.global_step)
 
     def report_read_errors(self) -> None:
@@ -307,7 +334,10 @@ class StageRunner:
             self.state.best_value, self.state.best_epoch = value, self.state.epoch
             if self.acc.is_main_process:
                 record = {"epoch": self.state.epoch, "metric": self.spec.best_metric, **metrics}
-                ckpt.export_weights(state_dict, self.stage_dir / "best", self.config_text, record)
+                # the confusion counts go with the weights: the next stage's class weights start there
+                extras = ({ckpt.CONFUSION_FILE: {"counts": self.stats.confusion.counts}}
+                          if self.stage_cfg.update_confusion else None)
+                ckpt.export_weights(state_dict, self.stage_dir / "best", self.config_text, record, extras)
         self.acc.wait_for_everyone()
         return better
 

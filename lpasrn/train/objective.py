@@ -22,6 +22,7 @@ from lpasrn.models.ocr_arch import PlateTargets, ctc_loss
 COMPONENT_OUTPUTS = {
     "ctc": {"ocr_hr"},
     "ctc_hr": {"ocr_hr"},
+    "ctc_sr": {"sr", "ocr_sr"},
     "l1": {"sr"},
     "lcofl": {"sr", "ocr_sr"},
     "embedding": {"sr", "emb_sr", "emb_hr"},
@@ -44,7 +45,8 @@ class StageObjective:
         self.cfg = loss_cfg
         self.lcofl = LCOFL(lambda_cls=loss_cfg.lambda_cls, lambda_layout=loss_cfg.lambda_layout,
                            lambda_ssim=loss_cfg.lambda_ssim, ssim_window=loss_cfg.ssim_window,
-                           digit_on_letter=loss_cfg.digit_on_letter, letter_on_digit=loss_cfg.letter_on_digit)
+                           digit_on_letter=loss_cfg.digit_on_letter, letter_on_digit=loss_cfg.letter_on_digit,
+                           layout_reduction=loss_cfg.layout_reduction, ssim_loss_scale=loss_cfg.ssim_loss_scale)
         self.class_weights: torch.Tensor | None = None  # from the confusion matrix, per character
         self.epoch = 0
 
@@ -52,7 +54,8 @@ class StageObjective:
         cfg = self.cfg
         if component == "embedding":
             return lambda_embed_at(self.epoch, cfg.embed_warmup_epochs, cfg.lambda_embed)
-        return {"ctc": 1.0, "ctc_hr": cfg.lambda_ctc_hr, "l1": cfg.lambda_l1, "lcofl": cfg.lambda_lcofl}[component]
+        return {"ctc": 1.0, "ctc_hr": cfg.lambda_ctc_hr, "ctc_sr": cfg.lambda_ctc_sr, "l1": cfg.lambda_l1,
+                "lcofl": cfg.lambda_lcofl}[component]
 
     def __call__(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`batch["targets"]` (PlateTargets, see `attach_targets`) is used when present, so the
@@ -63,6 +66,8 @@ class StageObjective:
         for component in self.components:
             if component in ("ctc", "ctc_hr"):
                 terms[component] = ctc_loss(out["ocr_hr"].float(), batch["text"], targets)
+            elif component == "ctc_sr":  # the OCR's full CTC on G(LR): a generator term
+                terms["ctc_sr"] = ctc_loss(out["ocr_sr"].float(), batch["text"], targets)
             elif component == "l1":
                 terms["l1"] = l1_loss(out["sr"].float(), batch["hr"])
             elif component == "lcofl":

@@ -62,13 +62,13 @@ def make_accelerator(cfg: Config):
 def build_lpasrn(cfg: Config) -> LPASRN:
     m = cfg.model
     overrides = {"use_dcnv4": m.use_dcnv4, "use_character_attention": m.use_character_attention,
-                 "msca_scales": tuple(m.msca_scales)}
+                 "msca_scales": tuple(m.msca_scales), "clamp_output": m.clamp_sr}
     if m.num_channels is not None:
         overrides["num_channels"] = m.num_channels
     if m.num_blocks is not None:
         overrides["num_blocks"] = m.num_blocks
     return build_model(m.generator_preset, m.ocr_preset, cfg.loss.embedding_dim, m.use_lightweight_embedder,
-                       overrides)
+                       overrides, joint_forward=m.joint_ocr_forward)
 
 
 def ensure_data(cfg: Config, accelerator) -> None:
@@ -130,7 +130,8 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, weight_decay=cfg.train.weight_decay,
                                   fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
-    runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file, frozen_fp32)
+    runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file, frozen_fp32,
+                         init_weights.parent if init_weights is not None else None)
     if resume_path is not None:
         runner.resume_from(resume_path)
     try:

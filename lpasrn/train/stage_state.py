@@ -7,13 +7,18 @@ rank holds the same state, equal to what one process would have counted over the
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from lpasrn.data.shards import load_manifest, split_entry
 from lpasrn.distributed.confusion import CharacterConfusionTracker, PendingReadings
 from lpasrn.distributed.miner import HardExampleMiner
+from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
+from lpasrn.train.checkpoint import CONFUSION_FILE
 from lpasrn.train.lockstep import select_rows, with_stand_in
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,22 @@ class StageStatistics:
     def class_weights(self) -> torch.Tensor:
         return self.confusion.class_weights(self.cfg.loss.confusion_threshold, self.cfg.loss.class_weight_step)
 
+    def carry_confusion(self, export_dir: Path | None) -> bool:
+        """Start from the counts the previous stage exported beside its weights; False if it has none.
+        # NOTE: every rank reads the same file, so every rank starts with the same counts."""
+        path = None if export_dir is None else Path(export_dir) / CONFUSION_FILE
+        if path is None or not path.is_file():
+            return False
+        try:
+            counts = load_file(str(path))["counts"]
+        except (OSError, KeyError, SafetensorError) as err:
+            raise LpasrnError(f"{path}: not a readable confusion file with a 'counts' tensor ({err})") from None
+        if counts.shape != self.confusion.counts.shape:
+            raise LpasrnError(f"{path}: confusion counts of shape {tuple(counts.shape)}, expected "
+                              f"{tuple(self.confusion.counts.shape)}")
+        self.confusion.counts = counts.to(self.confusion.counts.dtype).clone()
+        return True
+
     def sync_for_checkpoint(self) -> None:
         """Before a checkpoint: the confusion counts are plain integer sums, so syncing them mid-epoch
         changes nothing the run computes later; the miner is NOT synced (its EMA would take a step
@@ -85,9 +106,11 @@ class StageStatistics:
                                        holds_deltas=self.acc.is_main_process)
 
     @torch.no_grad()
-    def score_training_split(self, forward, to_device, batches, stand_in: dict, net, read_errors) -> None:
-        """Eval-mode pass over the training split before hard mining starts, so the first weighted
-        draw already knows which plates are hard. Every sample once, lock-step batches (`forward`
+    def score_training_split(self, forward, to_device, batches, stand_in: dict, net, read_errors,
+                             miner: bool = True, confusion: bool = False) -> None:
+        """Eval-mode pass over the training split before the stage's first step: the miner's
+        difficulties (the first weighted draw knows which plates are hard) and/or the confusion
+        counts (class weights from the first epoch). Every sample once, lock-step batches (`forward`
         is a collective under ZeRO-3), one sync at the end; corrupt samples are counted in
         `read_errors` like the training batches'. # NOTE: call on all ranks."""
         was_training = net.training
@@ -101,9 +124,15 @@ class StageStatistics:
                 continue
             readings, _ = greedy_decode(out["ocr_sr"].index_select(0, rows).float())
             real = select_rows({"sid": batch["sid"], "text": batch["text"]}, rows)
-            self.miner.update_from_strings(real["sid"].cpu(), real["text"], readings)
+            if miner:
+                self.miner.update_from_strings(real["sid"].cpu(), real["text"], readings)
+            if confusion:
+                self.confusion.update(real["text"], readings)
         net.train(was_training)
-        self.miner.sync()
+        if miner:
+            self.miner.sync()
+        if confusion:
+            self.confusion.sync()
 
     def log(self, step: int) -> None:
         """Top confusions, the heatmap and (hard mining) the hardest samples and difficulty histogram."""
