@@ -100,13 +100,20 @@ class LossConfig:
     lambda_embed: float = field(default=0.3, metadata=_range(0.0))
     embed_warmup_epochs: int = field(default=5, metadata=_range(0))
     embedding_dim: int = field(default=128, metadata=_range(1))
-    embed_margin: float = field(default=2.0, metadata=_range(0.0))
+    # Hinge margin between different plates' embeddings. The embedder L2-normalises, so distances
+    # are at most 2: a margin must be in (0, 2) to be reachable (checked below); 1.0 asks different
+    # plates to be at least 60 degrees apart (random unit vectors are ~1.41 apart).
+    embed_margin: float = 1.0
 
 
 @dataclass
 class HardMiningConfig:
     difficulty_alpha: float = field(default=2.0, metadata=_range(0.0))
-    reweight_interval: int = field(default=1, metadata=_range(1))
+    reweight_interval: int = field(default=5, metadata=_range(1))  # epochs between re-weightings (spec: 5)
+    # Curriculum position of the stage's first and last draws (HardExampleMiner.sampling_weights:
+    # 0 favours easy plates, 0.5 is uniform, 1 favours hard ones); see sampler.curriculum_progress.
+    curriculum_start: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    curriculum_end: float = field(default=1.0, metadata=_range(0.0, 1.0))
     ema_momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     score_before_stage: bool = True
 
@@ -274,6 +281,9 @@ def _check_semantics(obj, prefix: str, source: str) -> None:
                 near = difflib.get_close_matches(comp, LOSS_COMPONENTS, n=1)
                 extra = f"; did you mean '{near[0]}'?" if near else ""
                 _fail(source, prefix + "loss_components", f"unknown loss component {comp!r}{extra}")
+    if isinstance(obj, LossConfig) and not 0.0 < obj.embed_margin < 2.0:
+        _fail(source, prefix + "embed_margin", f"must be in (0, 2): embeddings have unit norm, so no two are "
+              f"more than 2 apart and a margin of {obj.embed_margin} could never be met")
     if isinstance(obj, ModelConfig):
         if not obj.msca_scales or any(not 0 < s <= 1 for s in obj.msca_scales):
             _fail(source, prefix + "msca_scales", f"scales must be in (0, 1], got {obj.msca_scales}")

@@ -42,6 +42,9 @@ def test_unknown_key_names_key_file_and_suggestion(tmp_path):
     ("model.generator_preset=huge", "not one of"),
     ("stages.lcofl.loss_components=[l1, lcoful]", "did you mean 'lcofl'"),
     ("hard_mining.difficulty_alpha=2", "unknown key; known keys: experiment, seed"),
+    ("loss.embed_margin=2.0", "must be in (0, 2)"),
+    ("loss.embed_margin=0", "must be in (0, 2)"),
+    ("stages.hard_mining.hard_mining.curriculum_start=-0.1", "below the minimum 0.0"),
 ])
 def test_bad_values_are_errors_naming_the_key(override, fragment):
     with pytest.raises(LpasrnError) as err:

@@ -5,14 +5,17 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lpasrn.config import LossConfig
 from lpasrn.losses.lcofl import LCOFL
 from lpasrn.losses.pixel import l1_loss
 from lpasrn.models.lpasrn_arch import LPASRN, build_model
 from lpasrn.models.ocr_arch import ctc_loss
 from lpasrn.plates import CHARSET, HR_SIZE, LR_SIZE, LAYOUTS
+from lpasrn.train.objective import StageObjective, outputs_needed
 
 FONT = (Path(sysconfig.get_paths()["purelib"]) / "fontpkg_roboto_condensed" / "files"
         / "RobotoCondensed[wght].ttf")
@@ -102,3 +105,40 @@ def test_lpasrn_freezes_parts_and_trains_generator_through_frozen_ocr():
     assert torch.equal(model.ocr.features[0][1].running_mean, running_mean)  # BN stats untouched
     model.set_trainable({"generator", "ocr", "embedder"})
     assert model.ocr.training and len(model.trainable_parameters()) == len(list(model.parameters()))
+
+
+def test_embedding_skipped_only_when_off_for_the_stage_and_the_embedder_frozen():
+    """lambda_embed 0 with a frozen embedder: the stage never asks for emb_*, so the embedder never
+    runs. With a trainable embedder it still runs, weighted 0, so every trainable parameter gets a
+    gradient each step (DDP without find_unused_parameters requires it). On: weight > 0 from the
+    first step and rising through a 1-epoch warm-up."""
+    components = ["l1", "lcofl", "embedding"]
+    off = LossConfig(lambda_embed=0.0)
+    skipped = StageObjective(components, off, embedder_trains=False)
+    assert skipped.components == ["l1", "lcofl"]
+    assert not {"emb_sr", "emb_hr"} & outputs_needed(skipped.components)
+    kept = StageObjective(components, off, embedder_trains=True)
+    assert kept.components == components
+
+    torch.manual_seed(2)
+    model = build_model("tiny", "tiny", embedding_dim=16, lightweight_embedder=True)
+    model.set_trainable({"generator", "embedder"})
+    calls = []
+    model.embedder.register_forward_hook(lambda *args: calls.append(1))
+    texts, layouts, hr, lr = make_dataset(4, seed=2)
+    batch = {"hr": hr, "text": texts, "layout": layouts}
+    out = model(lr, hr, outputs=tuple(sorted(outputs_needed(skipped.components))))
+    assert calls == []  # the embedder did not run
+    kept.set_position(0, 0, 10)
+    out = model(lr, hr, outputs=tuple(sorted(outputs_needed(kept.components))))
+    loss, terms = kept(out, batch)
+    loss.backward()
+    assert len(calls) == 2 and float(terms["embedding"]) > 0 and kept.weight_of("embedding") == 0.0
+    assert all(p.grad is not None for p in model.embedder.parameters())  # in the graph, gradient 0
+
+    on = StageObjective(components, LossConfig(lambda_embed=0.3, embed_warmup_epochs=1), embedder_trains=True)
+    weights = []
+    for step in range(10):
+        on.set_position(0, step, 10)
+        weights.append(on.weight_of("embedding"))
+    assert weights[0] > 0 and weights[-1] == pytest.approx(0.3) and weights == sorted(weights)

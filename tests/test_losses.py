@@ -1,12 +1,13 @@
 """Formulas of the losses: LCOFL terms (and that they train the generator through a frozen OCR),
 class weights, layout penalty, SSIM against an independent reference, embedding loss, warm-up."""
+import math
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.signal import convolve2d
 
-from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at
+from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at, stage_position
 from lpasrn.losses.lcofl import LCOFL, class_weights_from_confusion, layout_penalty
 from lpasrn.losses.pixel import l1_loss
 from lpasrn.losses.ssim import ssim
@@ -184,33 +185,87 @@ def test_l1_loss():
     assert float(l1_loss(torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.25))) == 0.25
 
 
-def test_embedding_loss_zero_for_identical_and_far_apart_pairs():
-    emb = F.normalize(torch.randn(1, 16), dim=1).repeat(2, 1)  # two samples of one plate
-    assert float(contrastive_embedding_loss(emb, emb.clone(), ["ABC1234", "ABC1234"])) == 0.0
-    # Two plates exactly 3 apart with margin 2: both pushes are satisfied, both pulls are exact.
-    far = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
-    assert float(contrastive_embedding_loss(far, far.clone(), ["AAA1111", "BBB2222"])) == 0.0
-    same = torch.eye(2, dtype=torch.bool)
-    assert float(contrastive_embedding_loss(far, far.clone(), same, margin=3.0)) == 0.0
+def test_embedding_loss_is_exactly_zero_when_satisfied():
+    """Unit-norm embeddings (as the embedder gives): same plate identical, different plates
+    orthogonal (sqrt(2) apart, beyond the default margin 1): every term is met, the loss is 0."""
+    plates = torch.eye(4, 16)  # four plates, unit vectors, pairwise sqrt(2) apart
+    emb = plates[[0, 1, 1, 2, 3, 0]]  # six samples, two plates seen twice
+    texts = ["AAA1111", "BBB2222", "BBB2222", "CCC3333", "DDD4444", "AAA1111"]
+    assert float(contrastive_embedding_loss(emb, emb.clone(), texts)) == 0.0
+    # the same embeddings with a margin beyond their distance are not satisfied
+    assert float(contrastive_embedding_loss(emb, emb.clone(), texts, margin=1.5)) > 0.0
 
 
-def test_embedding_loss_positive_otherwise_with_hand_value():
-    emb_sr = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
+def test_embedding_loss_hand_value_positives_and_negatives_averaged_apart():
+    emb_sr = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     emb_hr = torch.tensor([[0.5, 0.0], [1.0, 0.0]])
     loss = contrastive_embedding_loss(emb_sr, emb_hr, ["AAA1111", "BBB2222"], margin=2.0)
-    # pairs: (0,0) same d=.5 -> .25; (0,1) diff d=1 -> 1; (1,0) diff d=.5 -> 2.25; (1,1) same d=0 -> 0
-    assert float(loss.detach()) == pytest.approx((0.25 + 1.0 + 2.25 + 0.0) / 4, abs=1e-5)
+    # positives (0,0) d=.5 -> .25, (1,1) d=0 -> 0: mean .125; negatives (0,1) d=1 -> 1,
+    # (1,0) d=.5 -> 2.25: mean 1.625
+    assert float(loss) == pytest.approx(0.125 + 1.625, abs=1e-5)
+
+
+@pytest.mark.parametrize("plates", [2, 8])
+def test_embedding_loss_weighs_positives_and_negatives_equally_at_any_batch_size(plates):
+    """B distinct plates give B positive and B^2 - B negative pairs; with every pull costing t^2 and
+    every push (m - sqrt(2 + t^2))^2 the loss is their sum whatever B is (a mean over all pairs
+    would tilt towards the push as B grows)."""
+    t, margin = 0.3, 1.9
+    emb_hr = torch.eye(plates, plates + 1, dtype=torch.float64)  # a simplex: all sqrt(2) apart
+    emb_sr = emb_hr.clone()
+    emb_sr[:, plates] = t  # every SR moved by t along a direction orthogonal to the simplex
+    loss = contrastive_embedding_loss(emb_sr, emb_hr, [f"P{i}" for i in range(plates)], margin=margin)
+    expected = t ** 2 + (margin - math.sqrt(2 + t ** 2)) ** 2
+    assert float(loss) == pytest.approx(expected, rel=1e-9)
+
+
+def test_embedding_loss_without_negatives_is_the_pull_and_stays_in_the_graph():
+    emb_sr = torch.tensor([[0.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    emb_hr = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    loss = contrastive_embedding_loss(emb_sr, emb_hr, ["AAA1111", "AAA1111"], margin=1.0)
+    # four positive pairs: d^2 = 0, 0, 1, 1 -> mean 0.5; no negatives -> push 0
+    assert float(loss.detach()) == pytest.approx(0.5)
     loss.backward()
-    assert emb_sr.grad.abs().sum() > 0
+    assert emb_sr.grad is not None and float(emb_sr.grad[1, 1]) > 0
 
 
-def test_lambda_embed_warmup_start_middle_end():
-    assert lambda_embed_at(0, 10) == 0.0
-    assert lambda_embed_at(5, 10) == pytest.approx(0.15)
-    assert lambda_embed_at(10, 10) == pytest.approx(0.3)
-    assert lambda_embed_at(25, 10) == pytest.approx(0.3)
-    assert lambda_embed_at(3, 0, target=0.7) == pytest.approx(0.7)
-    assert lambda_embed_at(1, 4, target=1.0) == pytest.approx(0.25)
+def test_embedding_loss_gradient_pulls_own_plate_and_pushes_others():
+    emb_hr = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # two plates, 0.89 apart: within margin 1.5
+    emb_sr = torch.tensor([[0.8, 0.6], [0.6, 0.8]], requires_grad=True)  # SR 0 between both HRs
+    loss = contrastive_embedding_loss(emb_sr, emb_hr, ["AAA1111", "BBB2222"], margin=1.5)
+    loss.backward()
+    moved = emb_sr.detach() - 0.05 * emb_sr.grad  # one gradient-descent step
+    before, after = torch.cdist(emb_sr.detach(), emb_hr), torch.cdist(moved, emb_hr)
+    assert after[0, 0] < before[0, 0]  # SR 0 closer to its own HR
+    assert after[0, 1] > before[0, 1] and after[1, 0] > before[1, 0]  # and further from the other plate
+    again = contrastive_embedding_loss(moved, emb_hr, ["AAA1111", "BBB2222"], margin=1.5)
+    assert float(again) < float(loss.detach())
+
+
+def test_stage_position_is_the_end_of_the_step():
+    assert stage_position(0, 0, 4) == 0.25
+    assert stage_position(0, 3, 4) == 1.0
+    assert stage_position(2, 1, 4) == 2.5
+
+
+def test_lambda_embed_ramps_within_a_one_epoch_stage_and_is_never_zero_when_on():
+    """The quickstart: a 1-epoch stage with a 1-epoch warm-up. Every step has weight > 0, rising
+    to the target at the last step (the old per-epoch rule gave 0 for the whole stage)."""
+    steps = 10
+    weights = [lambda_embed_at(stage_position(0, step, steps), 1, 0.3) for step in range(steps)]
+    assert all(w > 0 for w in weights)
+    assert all(a < b for a, b in zip(weights, weights[1:]))
+    assert weights[0] == pytest.approx(0.03) and weights[-1] == pytest.approx(0.3)
+    assert lambda_embed_at(stage_position(0, 0, steps), 1, 0.0) == 0.0  # off only when the target is 0
+
+
+def test_lambda_embed_warmup_over_several_epochs():
+    assert lambda_embed_at(0.0, 10) == 0.0
+    assert lambda_embed_at(5.0, 10) == pytest.approx(0.15)
+    assert lambda_embed_at(10.0, 10) == pytest.approx(0.3)
+    assert lambda_embed_at(25.0, 10) == pytest.approx(0.3)
+    assert lambda_embed_at(0.5, 0, target=0.7) == pytest.approx(0.7)
+    assert lambda_embed_at(stage_position(0, 49, 100), 4, target=1.0) == pytest.approx(0.125)
 
 
 def test_layout_penalty_only_sees_digit_and_letter_classes():

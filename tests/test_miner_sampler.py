@@ -5,10 +5,12 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from lpasrn.config import HardMiningConfig, load_config
 from lpasrn.distributed.miner import HardExampleMiner, fixed_point_sum
 from lpasrn.distributed.sampler import CurriculumSampler, curriculum_progress, epoch_seed, weighted_draw
 from lpasrn.train.data_sources import next_draw_weights
 from lpasrn.distributed.sync import state_hash
+from lpasrn.errors import LpasrnError
 
 
 def make_intervals(num_samples=30, intervals=3, per_interval=60, seed=0):
@@ -149,25 +151,62 @@ def test_draw_frequencies_match_the_weights():
     assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.001
 
 
-def test_curriculum_moves_from_easy_to_hard_samples():
-    """Through the runner's own schedule (next_draw_weights after each epoch of a 5-epoch stage)."""
+def easy_and_hard_miner() -> HardExampleMiner:
     miner = HardExampleMiner(40, difficulty_alpha=2.0)
     sids = list(range(40))
     miner.update(sids, [sid < 20 for sid in sids], [7] * 40, [7] * 40)  # 0..19 easy, 20..39 hard
     miner.sync()
-    epochs, current = 5, {"weights": next_draw_weights(miner, -1, 5, reweight_interval=1)}
-    sampler = CurriculumSampler(lambda e: current["weights"], 40, batch_size=10, rank=0, world_size=1, seed=0)
-    hard_share = []
+    return miner
+
+
+def hard_share_of(weights: torch.Tensor, epoch: int) -> float:
+    sampler = CurriculumSampler(lambda e: weights, 40, batch_size=10, rank=0, world_size=1, seed=0)
+    draws = torch.cat([sampler.global_draw(epoch * 100 + k) for k in range(50)])
+    return int((draws >= 20).sum()) / draws.numel()
+
+
+def test_curriculum_moves_from_uniform_to_hard_samples():
+    """Through the runner's own schedule (next_draw_weights after each epoch of a 5-epoch stage):
+    the first draw is near uniform, every later one favours hard plates more, none favours easy."""
+    miner, epochs = easy_and_hard_miner(), 5
+    current, hard_share = next_draw_weights(miner, -1, epochs, reweight_interval=1), []
     for epoch in range(epochs):
-        draw = sampler.global_draw(epoch)
-        hard_share.append(int((draw >= 20).sum()) / draw.numel())
-        current["weights"] = next_draw_weights(miner, epoch, epochs, reweight_interval=1)
-    assert hard_share[0] < 0.5 < hard_share[-1]  # start: easy samples drawn more; end: hard ones
-    assert hard_share[2] == pytest.approx(0.5, abs=0.2)  # the middle epoch is uniform
-    # every 2 epochs: after epochs 0, 2 the weights stay, after 1, 3 they move on
-    assert next_draw_weights(miner, 0, epochs, reweight_interval=2) is None
-    assert torch.equal(next_draw_weights(miner, 1, epochs, 2), miner.sampling_weights(curriculum_progress(2, 5)))
-    assert [curriculum_progress(e, 5) for e in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+        hard_share.append(hard_share_of(current, epoch))
+        current = next_draw_weights(miner, epoch, epochs, reweight_interval=1)
+    assert hard_share[0] == pytest.approx(0.5, abs=0.1)  # progress 0.55: close to uniform
+    assert hard_share[-1] > 0.75  # progress 0.95: hard plates drawn about 6x as often as easy ones
+    assert all(a < b for a, b in zip(hard_share, hard_share[1:]))
+    assert [curriculum_progress(e, 5) for e in range(5)] == pytest.approx([0.55, 0.65, 0.75, 0.85, 0.95])
+
+
+def test_one_epoch_stage_draws_at_its_midpoint_not_at_the_easy_end():
+    """The quickstart's stage 4 (1 epoch, re-weighting every 5): its one draw, made after the
+    scoring pass, favours hard plates (the old rule drew it at progress 0, easy plates favoured)."""
+    miner = easy_and_hard_miner()
+    weights = next_draw_weights(miner, -1, 1, reweight_interval=5)  # the first draw always happens
+    assert curriculum_progress(0, 1, span=5) == 0.75
+    assert torch.equal(weights, miner.sampling_weights(0.75))
+    assert 0.6 < hard_share_of(weights, 0) < 0.85
+    assert next_draw_weights(miner, 0, 1, reweight_interval=5) is None  # nothing more to draw
+
+
+def test_reweight_interval_holds_weights_and_draws_at_the_middle_of_their_window():
+    miner, epochs = easy_and_hard_miner(), 10
+    kept = [e for e in range(-1, epochs - 1) if next_draw_weights(miner, e, epochs, reweight_interval=5) is None]
+    assert kept == [0, 1, 2, 3, 5, 6, 7, 8]  # new weights before epochs 0 and 5 only
+    # the draw for epochs 5..9 sits at their middle, 7.5 / 10 of the way from start to end
+    assert torch.equal(next_draw_weights(miner, 4, epochs, 5, start=0.5, end=1.0), miner.sampling_weights(0.875))
+    assert curriculum_progress(5, epochs, span=5, start=0.2, end=0.6) == pytest.approx(0.5)
+    # a window cut by the stage's end: epochs 8..9 of 10 with span 5, middle at 9 / 10
+    assert curriculum_progress(8, epochs, span=5) == pytest.approx(0.95)
+
+
+def test_curriculum_defaults_follow_the_spec():
+    mining = HardMiningConfig()
+    assert mining.reweight_interval == 5
+    assert (mining.curriculum_start, mining.curriculum_end) == (0.5, 1.0)
+    with pytest.raises(LpasrnError, match="curriculum_end"):
+        load_config(None, ["stages.hard_mining.hard_mining.curriculum_end=1.5"])
 
 
 def test_checkpoint_between_syncs_does_not_fold_the_interval():

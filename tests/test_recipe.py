@@ -120,3 +120,11 @@ def test_carried_confusion_counts_are_read_and_checked(tmp_path):
     (tmp_path / CONFUSION_FILE).write_bytes(b"not safetensors")
     with pytest.raises(LpasrnError, match=CONFUSION_FILE):
         stats.carry_confusion(tmp_path)
+
+
+def test_embedder_trains_only_where_an_embedding_loss_is_computed():
+    from lpasrn.train.stages import STAGES, trainable_parts
+
+    assert trainable_parts(STAGES[4], True) == {"generator", "embedder"}
+    assert trainable_parts(STAGES[4], True, embedding_on=False) == {"generator"}
+    assert trainable_parts(STAGES[4], False, embedding_on=False) == {"generator", "ocr"}

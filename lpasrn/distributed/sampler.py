@@ -32,10 +32,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def curriculum_progress(epoch: int, epochs: int) -> float:
-    """Where the draw of `epoch` (0-based) of a stage of `epochs` sits on the curriculum: 0 favours
-    easy samples, 0.5 is uniform, 1 favours hard ones (HardExampleMiner.sampling_weights)."""
-    return min(1.0, max(0, epoch) / max(1, epochs - 1))
+def curriculum_progress(epoch: int, epochs: int, span: int = 1, start: float = 0.5,
+                        end: float = 1.0) -> float:
+    """Curriculum position of the draw made for `epoch` (0-based) of a stage of `epochs`, whose
+    weights then serve `span` epochs (the re-weighting interval): 0 favours easy samples, 0.5 is
+    uniform, 1 favours hard ones (HardExampleMiner.sampling_weights).
+
+    The schedule moves linearly from `start` at the beginning of the stage to `end` at its end, and
+    a draw takes the schedule's value at the middle of the epochs it serves, [epoch, epoch + span)
+    cut at the stage's end. Why the middle: the weights are held over that window, so this is the
+    best single stand-in for the schedule there, and it is defined for any stage length. A 1-epoch
+    stage draws once at the midpoint (0.75 with the defaults: halfway from uniform to fully
+    hard-favouring), where taking the start (the old rule, progress epoch / (epochs - 1)) drew the
+    whole stage at its easiest point.
+    """
+    epochs = max(1, epochs)
+    served = min(max(1, span), max(0, epochs - epoch))
+    fraction = min(1.0, max(0.0, (epoch + served / 2) / epochs))
+    return start + (end - start) * fraction
 
 
 def weighted_draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -60,12 +60,19 @@ class CountedBatches:
             yield batch
 
 
-def next_draw_weights(miner, finished_epoch: int, epochs: int, reweight_interval: int):
-    """The curriculum: after `finished_epoch` (-1: after the scoring pass), the weights of the next
-    epoch's draw, or None to keep the current ones (re-weighting every `reweight_interval` epochs)."""
-    if (finished_epoch + 1) % reweight_interval != 0:
+def next_draw_weights(miner, finished_epoch: int, epochs: int, reweight_interval: int,
+                      start: float = 0.5, end: float = 1.0):
+    """The curriculum: after `finished_epoch` (-1: before the first epoch, after the scoring pass),
+    the weights of the next epoch's draw, or None to keep the current ones (re-weighting every
+    `reweight_interval` epochs, from epoch 0 on). The new weights serve the next
+    `reweight_interval` epochs, at the curriculum position of their middle (curriculum_progress).
+
+    # NOTE: the weights are a deterministic function of the synced miner state and of the config,
+    # so every rank holds the same ones (and rank 0's draw is broadcast anyway)."""
+    following = finished_epoch + 1
+    if following % reweight_interval != 0:
         return None
-    return miner.sampling_weights(curriculum_progress(finished_epoch + 1, epochs))
+    return miner.sampling_weights(curriculum_progress(following, epochs, reweight_interval, start, end))
 
 
 class SkipSampler(Sampler[int]):
@@ -87,7 +94,9 @@ class TrainBatches:
         data = cfg.data
         if spec.sampler == "weighted":
             self.dataset = IndexedPlateDataset(data.dir, "train")
-            self.weights = stats.miner.sampling_weights(curriculum_progress(0, stage_cfg.epochs))
+            mining = stage_cfg.hard_mining
+            self.weights = next_draw_weights(stats.miner, -1, stage_cfg.epochs, mining.reweight_interval,
+                                             mining.curriculum_start, mining.curriculum_end)
             self.sampler = CurriculumSampler(lambda epoch: self.weights, len(self.dataset), data.batch_size,
                                              accelerator.process_index, accelerator.num_processes, cfg.seed)
             self.stream = None
@@ -129,7 +138,8 @@ class TrainBatches:
         if self.stream is not None:
             return
         mining = self.stage_cfg.hard_mining
-        weights = next_draw_weights(self.stats.miner, epoch, self.stage_cfg.epochs, mining.reweight_interval)
+        weights = next_draw_weights(self.stats.miner, epoch, self.stage_cfg.epochs, mining.reweight_interval,
+                                    mining.curriculum_start, mining.curriculum_end)
         if weights is not None:
             self.weights = weights
 

@@ -54,8 +54,9 @@ class StageRunner:
         self.model, self.optimizer = model, optimizer
         self.stage_dir, self.config_text, self.preempt_file = stage_dir, config_text, preempt_file
         self.state = LoopState()
-        self.objective = StageObjective(self.stage_cfg.loss_components, cfg.loss)
-        want = outputs_needed(self.stage_cfg.loss_components)
+        embedder_trains = "embedder" in accelerator.unwrap_model(model).trainable_parts()
+        self.objective = StageObjective(self.stage_cfg.loss_components, cfg.loss, embedder_trains)
+        want = outputs_needed(self.objective.components)  # without emb_* when the embedding is skipped
         if (self.stage_cfg.update_confusion or spec.sampler == "weighted") and spec.uses_generator:
             want |= {"sr", "ocr_sr"}  # readings feed the confusion matrix and the miner
         self.want = tuple(sorted(want))
@@ -154,7 +155,6 @@ class StageRunner:
             self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
 
     def train_epoch(self, epoch: int) -> None:
-        self.objective.epoch = epoch
         self.model.train()
         skip, limit = self.state.step_in_epoch, self.cfg.train.max_steps_per_epoch or None
         # A mid-epoch resume starts the batches at `skip` (nothing before it is decoded).
@@ -169,6 +169,7 @@ class StageRunner:
         for index, batch in enumerate(batches, start=skip):
             if limit and index >= limit:
                 break
+            self.objective.set_position(epoch, index, total)  # the embedding warm-up ramps per step
             self.train_step(batch)
             samples += batch["hr"].shape[0]
             self.state.step_in_epoch = index + 1

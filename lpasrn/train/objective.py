@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at
+from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at, stage_position
 from lpasrn.losses.lcofl import LCOFL
 from lpasrn.losses.pixel import l1_loss
 from lpasrn.models.ocr_arch import PlateTargets, ctc_loss
@@ -40,20 +40,40 @@ class StageObjective:
     """Weighted sum of a stage's loss components; returns the total and each term (detached tensors,
     read on the host only through `fetch_terms`)."""
 
-    def __init__(self, components, loss_cfg, embed_target_epochs: int = 0):
-        self.components = list(components)
+    def __init__(self, components, loss_cfg, embedder_trains: bool = True):
         self.cfg = loss_cfg
+        # The components computed on every step (see `embedding_runs`); the runner asks the model
+        # for outputs_needed(self.components).
+        self.components = [c for c in components if c != "embedding" or self.embedding_runs(embedder_trains)]
         self.lcofl = LCOFL(lambda_cls=loss_cfg.lambda_cls, lambda_layout=loss_cfg.lambda_layout,
                            lambda_ssim=loss_cfg.lambda_ssim, ssim_window=loss_cfg.ssim_window,
                            digit_on_letter=loss_cfg.digit_on_letter, letter_on_digit=loss_cfg.letter_on_digit,
                            layout_reduction=loss_cfg.layout_reduction, ssim_loss_scale=loss_cfg.ssim_loss_scale)
         self.class_weights: torch.Tensor | None = None  # from the confusion matrix, per character
-        self.epoch = 0
+        self.position = 0.0  # epochs of the stage done at the end of the current step (fractional)
+
+    def embedding_runs(self, embedder_trains: bool) -> bool:
+        """Whether the embedding term (and the embedder's two forwards) is computed on the stage's steps.
+
+        # NOTE: distributed invariant: decided once per stage from the config and from which parts
+        # train, never from data or the step, so every rank requests the same outputs on every step
+        # (a forward is a collective under ZeRO-3). The weight is 0 on a step only when lambda_embed
+        # is 0 (the warm-up is evaluated at the end of each step, `stage_position` > 0), i.e. on all
+        # of the stage's steps or on none: the term is skipped for the whole stage, never per step.
+        # A trainable embedder is never skipped: DDP (no find_unused_parameters, pipeline.py) needs
+        # every trainable parameter in every step's graph or it fails at the next step; there the
+        # term stays in, weighted 0 (zero gradients). To save that compute, freeze the embedder.
+        """
+        return self.cfg.lambda_embed > 0 or embedder_trains
+
+    def set_position(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """Called by the loop before each step (plain host arithmetic, no synchronisation)."""
+        self.position = stage_position(epoch, step, steps_per_epoch)
 
     def weight_of(self, component: str) -> float:
         cfg = self.cfg
         if component == "embedding":
-            return lambda_embed_at(self.epoch, cfg.embed_warmup_epochs, cfg.lambda_embed)
+            return lambda_embed_at(self.position, cfg.embed_warmup_epochs, cfg.lambda_embed)
         return {"ctc": 1.0, "ctc_hr": cfg.lambda_ctc_hr, "ctc_sr": cfg.lambda_ctc_sr, "l1": cfg.lambda_l1,
                 "lcofl": cfg.lambda_lcofl}[component]
 

@@ -122,7 +122,8 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     model = build_lpasrn(cfg)
     if init_weights is not None:
         model.load_state_dict(ckpt.check_weights_match(model, init_weights))
-    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
+    embedding_on = "embedding" in stage_cfg.loss_components and cfg.loss.lambda_embed > 0
+    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr, embedding_on))
     # fp32 originals, taken before DeepSpeed may cast the parameters to 16 bits: exports read the
     # frozen parts from here (they never change); trainable ones come from the fp32 masters.
     frozen_fp32 = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}

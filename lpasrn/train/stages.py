@@ -54,9 +54,14 @@ def parse_stage_arg(text: str) -> list[StageSpec]:
     return [stage_by_index(index)]
 
 
-def trainable_parts(spec: StageSpec, freeze_ocr: bool) -> set[str]:
-    """Parts that train in this stage: the declaration, with the OCR added or removed by freeze_ocr."""
+def trainable_parts(spec: StageSpec, freeze_ocr: bool, embedding_on: bool = True) -> set[str]:
+    """Parts that train in this stage: the declaration, with the OCR added or removed by freeze_ocr
+    and the embedder removed when the stage computes no embedding loss (`embedding_on` False: not
+    among its loss components, or lambda_embed 0). An embedder that trains but never runs would
+    leave DDP (no find_unused_parameters) waiting for gradients that never come."""
     parts = set(spec.trains)
+    if not embedding_on:
+        parts.discard("embedder")
     if spec.index == 0:
         return {"ocr"}  # stage 0 exists to train the OCR; freeze_ocr does not apply
     if freeze_ocr:

@@ -20,7 +20,7 @@ def validate(runner, batches) -> dict[str, float]:
     net = acc.unwrap_model(runner.model)
     was_training = net.training
     net.eval()
-    want = tuple(sorted(outputs_needed(runner.stage_cfg.loss_components, True, spec.uses_generator)))
+    want = tuple(sorted(outputs_needed(runner.objective.components, True, spec.uses_generator)))
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, n, psnr sum, ssim sum
     stats = RecognitionStats()
     runner.val_read_errors.reset()  # the same split every epoch: report the last pass, not the sum
