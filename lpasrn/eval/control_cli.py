@@ -63,14 +63,19 @@ def run_lr_ocr(args) -> int:
     ocr = load_exported_ocr(export, "cpu")
     before = read_split_lr(ocr, data_dir, "test", batch_size)
     started = time.time()
+    # the schedule of the config's stage 3 (the stage that fine-tunes the OCR), on the control's steps
+    sched = cfg.stages.finetune
     losses = fine_tune(ocr, train_batches(data_dir, batch_size, cfg.seed), steps, args.lr,
-                       cfg.train.grad_clip, cfg.train.weight_decay)
+                       cfg.train.grad_clip, cfg.train.weight_decay, sched.lr_schedule, sched.warmup_fraction,
+                       sched.min_lr_ratio)
     seconds = time.time() - started
     after = read_split_lr(ocr, data_dir, "test", batch_size)
     result = {
         "lr_bicubic": {k: after[k] for k in ("word_acc", "char_acc", "count", "ctc_loss")},
         "before_fine_tuning": {k: before[k] for k in ("word_acc", "char_acc", "count", "ctc_loss")},
         "steps": steps, "batch_size": batch_size, "lr": args.lr, "optimizer": "AdamW",
+        "lr_schedule": {"schedule": sched.lr_schedule, "warmup_fraction": sched.warmup_fraction,
+                        "min_lr_ratio": sched.min_lr_ratio},
         "train_seconds": round(seconds, 1), "loss": loss_trend(losses),
         "ocr_export": str(export), "data": str(data_dir), "split": "test", "samples": after["samples"],
     }

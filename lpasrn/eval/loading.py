@@ -64,19 +64,13 @@ def load_exported_ocr(export_dir: Path, device: str | torch.device = "cpu") -> t
 
     An export whose weights hold no `ocr.*` tensors is one clear error naming the file.
     """
-    from safetensors.torch import load_file
-
+    from lpasrn.train.checkpoint import read_weights
     from lpasrn.train.pipeline import build_lpasrn  # pipeline imports the whole trainer: keep it lazy
 
     export_dir = Path(export_dir)
     cfg = read_export_config(export_dir)
     weights_file = export_dir / EXPORT_WEIGHTS
-    if not weights_file.is_file():
-        raise LpasrnError(f"--ocr {export_dir}: {weights_file} is missing")
-    try:
-        found = load_file(str(weights_file))
-    except Exception as err:  # safetensors raises its own error types for truncated files
-        raise LpasrnError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    found = read_weights(weights_file, f"--ocr {export_dir}: OCR weights")
     ocr_weights = {k[len("ocr."):]: v for k, v in found.items() if k.startswith("ocr.")}
     if not ocr_weights:
         raise LpasrnError(f"{weights_file}: holds no OCR weights (no 'ocr.*' tensors), so it cannot read "

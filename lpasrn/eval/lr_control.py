@@ -21,6 +21,7 @@ from lpasrn.data.shards import load_manifest, split_entry
 from lpasrn.metrics import RecognitionStats
 from lpasrn.models.ocr_arch import ctc_loss, greedy_decode
 from lpasrn.plates import HR_SIZE
+from lpasrn.train.schedule import apply_lr, lr_factor
 
 GENERATOR_STAGES = ("warmup", "lcofl", "finetune", "hard_mining")  # stages 1-4
 
@@ -62,13 +63,17 @@ def train_batches(data_dir: Path, batch_size: int, seed: int):
 
 
 def fine_tune(ocr: torch.nn.Module, batches, steps: int, lr: float, grad_clip: float = 1.0,
-              weight_decay: float = 0.0) -> list[float]:
-    """`steps` AdamW steps of CTC on `batches`; returns the loss of every step."""
+              weight_decay: float = 0.0, schedule: str = "constant", warmup_fraction: float = 0.0,
+              min_lr_ratio: float = 0.0) -> list[float]:
+    """`steps` AdamW steps of CTC on `batches`; returns the loss of every step. The lr follows the
+    same schedule function as the training stages (train/schedule.py), so the control is given
+    the same optimisation tools as the SR pipeline it is compared with."""
     ocr.requires_grad_(True)
     ocr.train()
     optimizer = torch.optim.AdamW(ocr.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
-    for _, (images, texts, *_) in zip(range(steps), batches):
+    for step, (images, texts, *_) in zip(range(steps), batches):
+        apply_lr(optimizer, lr, lr_factor(step, steps, schedule, warmup_fraction, min_lr_ratio))
         loss = ctc_loss(ocr(images), texts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -129,14 +129,21 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
     return "; ".join(parts)
 
 
+def read_weights(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or one clear error naming it (missing, truncated, not
+    safetensors). `what` names the file's role in the missing-file message."""
+    path = Path(path)
+    if not path.is_file():
+        raise LpasrnError(f"{what} not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise LpasrnError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def check_weights_match(model: torch.nn.Module, weights_file: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file and make sure it fits `model`, naming the keys that differ if not."""
-    if not weights_file.is_file():
-        raise LpasrnError(f"weights not found: {weights_file}")
-    try:
-        found = load_file(str(weights_file))
-    except Exception as err:  # safetensors raises its own error types for truncated files
-        raise LpasrnError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    found = read_weights(weights_file)
     mismatch = describe_mismatch(model.state_dict(), found)
     if mismatch:
         raise LpasrnError(f"{weights_file} was saved from a different model preset or configuration: {mismatch}")

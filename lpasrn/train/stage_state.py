@@ -10,15 +10,13 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from lpasrn.data.shards import load_manifest, split_entry
 from lpasrn.distributed.confusion import CharacterConfusionTracker, PendingReadings
 from lpasrn.distributed.miner import HardExampleMiner
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode
-from lpasrn.train.checkpoint import CONFUSION_FILE
+from lpasrn.train.checkpoint import CONFUSION_FILE, read_weights
 from lpasrn.train.lockstep import select_rows, with_stand_in
 
 log = logging.getLogger(__name__)
@@ -68,10 +66,9 @@ class StageStatistics:
         path = None if export_dir is None else Path(export_dir) / CONFUSION_FILE
         if path is None or not path.is_file():
             return False
-        try:
-            counts = load_file(str(path))["counts"]
-        except (OSError, KeyError, SafetensorError) as err:
-            raise LpasrnError(f"{path}: not a readable confusion file with a 'counts' tensor ({err})") from None
+        counts = read_weights(path, "confusion counts").get("counts")
+        if counts is None:
+            raise LpasrnError(f"{path}: holds no 'counts' tensor")
         if counts.shape != self.confusion.counts.shape:
             raise LpasrnError(f"{path}: confusion counts of shape {tuple(counts.shape)}, expected "
                               f"{tuple(self.confusion.counts.shape)}")
