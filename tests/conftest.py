@@ -51,3 +51,20 @@ tracking: {{wandb: off, num_image_samples: 4}}
 {extra}
 """)
     return str(path)
+
+
+def corrupt_hr(data_dir, sids, split: str = "train") -> list[str]:
+    """Write garbage (a PNG signature, then zeros) over the HR image bytes of each sample in `sids`,
+    in place and at the same size, found through the binary index; returns their 'shard:key' names."""
+    from lpasrn.data.shard_index import split_index
+
+    index = split_index(data_dir, split)
+    names = []
+    for sid in sids:
+        shard_index, offsets, sizes = index.location(sid)
+        shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
+        with open(data_dir / shard, "r+b") as f:
+            f.seek(offset)
+            f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))
+        names.append(f"{shard}:{split}-{sid:08d}")
+    return names

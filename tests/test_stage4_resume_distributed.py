@@ -15,9 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_tiny_config
+from conftest import corrupt_hr, write_tiny_config
 from launching import launch_two
-from lpasrn.data.shard_index import split_index
 from lpasrn.distributed.sampler import CurriculumSampler
 from lpasrn.train.train_cli import main as run_main
 from test_train_distributed import stages_0_to_3  # noqa: F401  (module fixture: stages 0-3, 1 process)
@@ -107,24 +106,11 @@ def test_resume_on_another_number_of_processes(preempted_pair, tiny_dataset, tmp
     assert draw.numel() == NUM_TRAIN and torch.equal(seen, torch.bincount(draw, minlength=NUM_TRAIN))
 
 
-def corrupt_hr(data: Path, sids) -> list[str]:
-    index = split_index(data, "train")  # where each sample's bytes are (the binary index)
-    keys = []
-    for sid in sids:
-        shard_index, offsets, sizes = index.location(sid)
-        shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
-        with open(data / shard, "r+b") as f:  # garbage in place of the HR png, same size
-            f.seek(offset)
-            f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))
-        keys.append(f"train-{sid:08d}")
-    return keys
-
-
 def test_corrupt_sample_is_counted_in_stage4_on_every_rank(stages_0_to_3, tiny_dataset, tmp_path):  # noqa: F811
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     bad = [3, 4, 5, 6, 7, 30]  # both ranks' scoring shares and, surely, some draws
-    keys = corrupt_hr(data, bad)
+    keys = [name.split(":")[1] for name in corrupt_hr(data, bad)]
     run_dir = copy_stages(stages_0_to_3, tmp_path / "run")
     proc = launch_two("ddp", write_tiny_config(tmp_path / "cfg.yaml", data, run_dir, EXTRA), *ARGS)
     reports = [line for line in proc.stdout.splitlines() if "corrupt training sample(s) skipped" in line]

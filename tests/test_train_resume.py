@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_tiny_config
-from lpasrn.data.shard_index import split_index
+from conftest import corrupt_hr, write_tiny_config
 from lpasrn.train.train_cli import main as run_main
 
 
@@ -125,15 +124,7 @@ def test_existing_checkpoints_need_resume(stage01, tiny_dataset, tmp_path, capsy
 def test_corrupt_training_sample_is_counted_and_reported(stage01, tiny_dataset, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
-    index = split_index(data, "train")
-    keys = []
-    for sid in (5, 21, 37):  # one per shard: the resampled stream draws shards, so some are met
-        shard_index, offsets, sizes = index.location(sid)
-        shard, offset, size = index.shard_names[shard_index], int(offsets[0]), int(sizes[0])
-        with open(data / shard, "r+b") as f:  # garbage in place of the HR png, same size
-            f.seek(offset)
-            f.write(b"\x89PNG garbage" + b"\x00" * (size - 12))
-        keys.append(f"{shard}:train-{sid:08d}")
+    keys = corrupt_hr(data, (5, 21, 37))  # one per shard: the resampled stream draws shards, so some are met
     run_dir = copy_run(stage01, tmp_path)
     config = write_tiny_config(tmp_path / "cfg.yaml", data, run_dir)
     assert run(config, "--stage", "1") == 0  # the run goes on...
