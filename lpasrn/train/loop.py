@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lpasrn.data.augment import BatchAugment
 from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
@@ -60,6 +61,9 @@ class StageRunner:
         self.want = tuple(sorted(want))
         self.stats = StageStatistics(cfg, spec, self.stage_cfg, accelerator, stage_dir)
         self.train_batches = TrainBatches(cfg, spec, self.stage_cfg, accelerator, self.stats)
+        # training batches only; degraded OCR views only where HR has no other reader (stage 0)
+        self.augment = BatchAugment(cfg.data.augment, cfg.seed, spec.index,
+                                    0.0 if spec.uses_generator else self.stage_cfg.ocr_degraded_views)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.engine = engine_info(accelerator, model)
         accelerator.print(f"[{spec.prefix}] {self.engine.summary}")
@@ -172,7 +176,11 @@ class StageRunner:
         # NOTE: every rank takes every step: a batch that lost all its samples (corrupt) is replaced
         # by a stand-in with loss weight 0, so the forward/backward collectives still line up.
         empty = batch["hr"].shape[0] == 0
-        batch = attach_targets(self.to_device(self.stand_in if empty else batch), self.acc.device)
+        source = self.stand_in if empty else batch
+        batch = self.to_device(source)
+        if not empty:  # seeded by (seed, stage, epoch, step, sid): a resume redraws the same views
+            batch = self.augment(batch, source["sid"], self.objective.epoch, self.state.step_in_epoch)
+        batch = attach_targets(batch, self.acc.device)
         out = self.forward(self.model, batch, self.want)
         loss, terms = self.objective(out, batch)
         if empty:
