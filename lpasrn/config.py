@@ -45,6 +45,28 @@ LOSS_COMPONENTS = ("ctc", "l1", "lcofl", "ctc_hr", "ctc_sr", "embedding")
 
 
 @dataclass
+class AugmentConfig:
+    """Seeded training augmentation (lpasrn/data/augment.py); validation/evaluation never augment.
+    Off by default so existing runs keep their exact numbers; the shipped configs switch it on."""
+    enabled: bool = False
+    geometric: bool = True      # one small affine per sample, identical on LR and HR (pair stays aligned)
+    photometric: bool = True    # pointwise colour jitter, the same parameters on LR and HR
+    max_rotation_deg: float = field(default=3.0, metadata=_range(0.0, 30.0))
+    max_shear_deg: float = field(default=2.0, metadata=_range(0.0, 30.0))
+    max_scale: float = field(default=0.05, metadata=_range(0.0, 0.5))        # zoom 1 +- max_scale
+    max_translate: float = field(default=0.03, metadata=_range(0.0, 0.5))    # fraction of width/height
+    brightness: float = field(default=0.1, metadata=_range(0.0, 1.0))        # additive +- on [0, 1]
+    contrast: float = field(default=0.2, metadata=_range(0.0, 1.0))          # factor 1 +- contrast
+    gamma: float = field(default=0.2, metadata=_range(0.0, 2.0))             # exponent in [1/(1+g), 1+g]
+    saturation: float = field(default=0.2, metadata=_range(0.0, 1.0))        # factor 1 +- saturation
+    channel_gain: float = field(default=0.05, metadata=_range(0.0, 0.5))     # per-channel 1 +- gain (colour cast)
+    # Strength of the stage-0 OCR's degraded views (stages.pretrain.ocr_degraded_views is how often).
+    degrade_max_blur: float = field(default=1.5, metadata=_range(0.0, 5.0))  # Gaussian sigma, HR pixels
+    degrade_max_downscale: float = field(default=2.5, metadata=_range(1.0, 4.0))
+    degrade_max_noise: float = field(default=0.03, metadata=_range(0.0, 0.5))  # noise std on [0, 1]
+
+
+@dataclass
 class DataConfig:
     dir: str = "shards/synthetic"
     batch_size: int = field(default=32, metadata=_range(1))
@@ -58,6 +80,7 @@ class DataConfig:
     synth_seed: int = 0
     synth_degradation: str = field(default="paper", metadata=_range(choices=("paper", "realistic")))
     val_limit: int = field(default=0, metadata=_range(0))  # 0 = whole validation split
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -136,6 +159,10 @@ class StageConfig:
     # with a pass over the training split before the first step, or "none" (empty: uniform weights
     # until the first epoch ends).
     confusion_start: str = field(default="carry", metadata=_range(choices=("carry", "score", "none")))
+    # Probability that the OCR reads a degraded copy of a training HR (blur, down-up, noise; see
+    # data.augment.degrade_*) instead of the clean one. Only for pretrain: there the OCR is the only
+    # reader of HR; in other stages HR is also the generator's target.
+    ocr_degraded_views: float = field(default=0.0, metadata=_range(0.0, 1.0))
 
 
 def _stage(epochs, lr, components, freeze_ocr=True, update_confusion=False):
@@ -284,6 +311,11 @@ def _check_semantics(obj, prefix: str, source: str) -> None:
     if isinstance(obj, LossConfig) and not 0.0 < obj.embed_margin < 2.0:
         _fail(source, prefix + "embed_margin", f"must be in (0, 2): embeddings have unit norm, so no two are "
               f"more than 2 apart and a margin of {obj.embed_margin} could never be met")
+    if isinstance(obj, StagesConfig):
+        for name in (f.name for f in dataclasses.fields(obj) if f.name != "pretrain"):
+            if getattr(obj, name).ocr_degraded_views > 0:
+                _fail(source, f"{prefix}{name}.ocr_degraded_views",
+                      "only stages.pretrain may degrade the OCR's input (elsewhere HR is the generator's target)")
     if isinstance(obj, ModelConfig):
         if not obj.msca_scales or any(not 0 < s <= 1 for s in obj.msca_scales):
             _fail(source, prefix + "msca_scales", f"scales must be in (0, 1], got {obj.msca_scales}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lpasrn.data.augment import BatchAugment
 from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
@@ -65,6 +66,10 @@ class StageRunner:
         self.total_steps = self.stage_cfg.epochs * self.train_batches.steps_per_epoch()
         self.init_dir = init_dir  # the previous stage's export (confusion counts to carry), or None
         self.lr = self.stage_cfg.lr
+        self.epoch = 0
+        # training batches only; degraded OCR views only where HR has no other reader (stage 0)
+        self.augment = BatchAugment(cfg.data.augment, cfg.seed, spec.index,
+                                    0.0 if spec.uses_generator else self.stage_cfg.ocr_degraded_views)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.engine = engine_info(accelerator, model)
         accelerator.print(f"[{spec.prefix}] {self.engine.summary}")
@@ -155,6 +160,7 @@ class StageRunner:
             self.train_batches.after_epoch(-1)  # first draw from the scored difficulties
 
     def train_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # keys the augmentation's draws (with the step and the sample)
         self.model.train()
         skip, limit = self.state.step_in_epoch, self.cfg.train.max_steps_per_epoch or None
         # A mid-epoch resume starts the batches at `skip` (nothing before it is decoded).
@@ -199,7 +205,11 @@ class StageRunner:
         self.lr = apply_lr(self.optimizer, self.stage_cfg.lr,
                            lr_factor(self.state.global_step, self.total_steps, self.stage_cfg.lr_schedule,
                                      self.stage_cfg.warmup_fraction, self.stage_cfg.min_lr_ratio))
-        batch = attach_targets(self.to_device(self.stand_in if empty else batch), self.acc.device)
+        source = self.stand_in if empty else batch
+        batch = self.to_device(source)
+        if not empty:  # seeded by (seed, stage, epoch, step, sid): a resume redraws the same views
+            batch = self.augment(batch, source["sid"], self.epoch, self.state.step_in_epoch)
+        batch = attach_targets(batch, self.acc.device)
         out = self.forward(self.model, batch, self.want)
         loss, terms = self.objective(out, batch)
         if empty:
