@@ -53,14 +53,21 @@ def test_next_stage_starts_from_previous_best(stage01, tiny_dataset, tmp_path):
 
 
 def test_resume_after_epoch_equals_uninterrupted(stage01, tiny_dataset, tmp_path):
-    root, _ = stage01
-    run_dir = copy_run(stage01, tmp_path)
-    config = write_tiny_config(tmp_path / "cfg.yaml", tiny_dataset, run_dir)
-    assert run(config, "--stage", "1", "--set", "stages.warmup.epochs=1") == 0  # "stopped" after epoch 1
-    assert run(config, "--stage", "1", "--set", "stages.warmup.epochs=2", "--resume", "auto") == 0
-    resumed = weights(run_dir / "stage1_warmup" / "checkpoints" / "epoch-0002" / "model.safetensors")
-    straight = weights(root / "run" / "stage1_warmup" / "checkpoints" / "epoch-0002" / "model.safetensors")
-    assert_same(straight, resumed)
+    """A finished stage continued with more epochs (`--resume auto`) equals one that ran them all.
+    Under a constant lr: a cosine spans the configured epochs, so 1 epoch then 2 is another schedule
+    than 2 straight (the cosine's resume is the mid-epoch test below, same total)."""
+    constant = ["--set", "stages.warmup.lr_schedule=constant", "--set", "stages.warmup.warmup_fraction=0"]
+    runs = {}
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+        run_dir = copy_run(stage01, tmp_path / name)  # stage 0 only: stage 1 runs here
+        config = write_tiny_config(tmp_path / f"{name}.yaml", tiny_dataset, run_dir)
+        if name == "resumed":  # "stopped" after epoch 1
+            assert run(config, "--stage", "1", "--set", "stages.warmup.epochs=1", *constant) == 0
+        resume = ["--resume", "auto"] if name == "resumed" else []
+        assert run(config, "--stage", "1", "--set", "stages.warmup.epochs=2", *constant, *resume) == 0
+        runs[name] = weights(run_dir / "stage1_warmup" / "checkpoints" / "epoch-0002" / "model.safetensors")
+    assert_same(runs["straight"], runs["resumed"])
 
 
 def test_preempted_mid_epoch_resumes_to_the_same_weights(stage01, tiny_dataset, tmp_path, monkeypatch):
