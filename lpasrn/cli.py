@@ -19,7 +19,7 @@ COMMAND_GROUPS = [
     ("models", "model presets", ["lpasrn.models.summary_cli"]),
     ("bench", "benchmarks (results belong in BENCHMARKS.md)",
      ["lpasrn.bench.data_bench", "lpasrn.bench.model_bench", "lpasrn.bench.train_bench", "lpasrn.bench.dist_bench",
-      "lpasrn.bench.scale_bench"]),
+      "lpasrn.bench.scale_bench", "lpasrn.bench.ablation_bench"]),
     (None, None, ["lpasrn.train.train_cli", "lpasrn.eval.evaluate_cli", "lpasrn.eval.sr_cli",
                   "lpasrn.eval.export_cli", "lpasrn.eval.control_cli"]),
 ]

@@ -76,13 +76,17 @@ def accuracy_table(summary: dict) -> dict:
     """{variant: word_acc, char_acc, count} of one reader's summary section."""
     from lpasrn.eval.evaluate import VARIANTS
 
-    return {name: {"word_acc": summary[name]["recognition_rate"], "char_acc": summary[name]["char_acc"],
-                   "count": int(summary[name]["count"])} for name in VARIANTS}
+    table = {name: {"word_acc": summary[name]["recognition_rate"], "char_acc": summary[name]["char_acc"],
+                    "count": int(summary[name]["count"])} for name in VARIANTS}
+    for name in VARIANTS:  # image quality vs HR (LR-bicubic and SR): does SR also beat bicubic there?
+        table[name].update({k: summary[name][k] for k in ("psnr", "ssim") if summary[name].get(k) is not None})
+    return table
 
 
 def _table_lines(rows: dict) -> list[str]:
-    lines = [f"{'input':<12} {'word_acc':>9} {'char_acc':>9} {'plates':>7}"]
+    lines = [f"{'input':<12} {'word_acc':>9} {'char_acc':>9} {'plates':>7} {'psnr':>7} {'ssim':>7}"]
     lines += [f"{name:<12} {row['word_acc']:>9.4f} {row['char_acc']:>9.4f} {row['count']:>7d}"
+              + (f" {row['psnr']:>7.2f} {row['ssim']:>7.4f}" if "psnr" in row else "")
               for name, row in rows.items()]
     return lines
 
