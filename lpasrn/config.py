@@ -163,6 +163,9 @@ class StageConfig:
     # data.augment.degrade_*) instead of the clean one. Only for pretrain: there the OCR is the only
     # reader of HR; in other stages HR is also the generator's target.
     ocr_degraded_views: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # Whether this stage's training batches get data.augment (when that is enabled). A short stage 0
+    # may leave it off: a CTC OCR's first ~1,000 steps on clean HR are what lets it read at all.
+    augment: bool = True
 
 
 def _stage(epochs, lr, components, freeze_ocr=True, update_confusion=False):

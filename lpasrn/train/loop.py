@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -68,7 +68,8 @@ class StageRunner:
         self.lr = self.stage_cfg.lr
         self.epoch = 0
         # training batches only; degraded OCR views only where HR has no other reader (stage 0)
-        self.augment = BatchAugment(cfg.data.augment, cfg.seed, spec.index,
+        augment_cfg = cfg.data.augment if self.stage_cfg.augment else replace(cfg.data.augment, enabled=False)
+        self.augment = BatchAugment(augment_cfg, cfg.seed, spec.index,
                                     0.0 if spec.uses_generator else self.stage_cfg.ocr_degraded_views)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.engine = engine_info(accelerator, model)
