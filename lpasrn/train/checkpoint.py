@@ -173,3 +173,21 @@ def export_weights(state_dict: dict[str, torch.Tensor], export_dir: Path, config
         os.replace(export_dir, old)
     os.replace(tmp, export_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_world_size(path: Path, saved: dict, world_size: int, deepspeed: bool) -> None:
+    """A mid-epoch checkpoint only resumes on the number of processes that wrote it: the position in
+    the epoch is a per-rank batch count. At an epoch boundary DDP state is whole and may change size;
+    DeepSpeed's optimizer state is partitioned by rank, so it may not (whichever engine resumes it)."""
+    saved_size = int(saved.get("world_size", world_size))
+    if saved_size == world_size:
+        return
+    mid_epoch = saved["loop"].get("step_in_epoch", 0) > 0
+    deepspeed = deepspeed or bool(saved.get("deepspeed", False))
+    if mid_epoch or deepspeed:
+        where = "mid-epoch" if mid_epoch else "under DeepSpeed (optimizer state is split by rank)"
+        raise LpasrnError(
+            f"checkpoint {path} was saved {where} by {saved_size} processes; this run has {world_size}. "
+            f"Resume it with {saved_size} processes, or resume from an end-of-epoch checkpoint of a "
+            f"DDP/single-process run (--resume PATH), or start the next stage from this stage's export "
+            f"({path.parent.parent / 'best'}), which any number of processes can load.")

@@ -98,7 +98,7 @@ class StageRunner:
         saved, tensors = ckpt.read_trainer_state(path)
         if saved.get("stage") != self.spec.name:
             raise LpasrnError(f"checkpoint {path} belongs to stage {saved.get('stage')!r}, not {self.spec.name!r}")
-        check_world_size(path, saved, self.acc.num_processes, self.engine.deepspeed)
+        ckpt.check_world_size(path, saved, self.acc.num_processes, self.engine.deepspeed)
         weights = path / ckpt.EXPORT_WEIGHTS  # DDP/single-process layout; DeepSpeed keeps its own
         if weights.is_file():
             ckpt.check_weights_match(self.acc.unwrap_model(self.model), weights)
@@ -391,20 +391,3 @@ class StageRunner:
         return lockstep_loader(self._datasets[split], self.cfg.data.batch_size, self.acc.process_index,
                                self.acc.num_processes, self.cfg.data.num_workers, limit)
 
-
-def check_world_size(path: Path, saved: dict, world_size: int, deepspeed: bool) -> None:
-    """A mid-epoch checkpoint only resumes on the number of processes that wrote it: the position in
-    the epoch is a per-rank batch count. At an epoch boundary DDP state is whole and may change size;
-    DeepSpeed's optimizer state is partitioned by rank, so it may not (whichever engine resumes it)."""
-    saved_size = int(saved.get("world_size", world_size))
-    if saved_size == world_size:
-        return
-    mid_epoch = saved["loop"].get("step_in_epoch", 0) > 0
-    deepspeed = deepspeed or bool(saved.get("deepspeed", False))
-    if mid_epoch or deepspeed:
-        where = "mid-epoch" if mid_epoch else "under DeepSpeed (optimizer state is split by rank)"
-        raise LpasrnError(
-            f"checkpoint {path} was saved {where} by {saved_size} processes; this run has {world_size}. "
-            f"Resume it with {saved_size} processes, or resume from an end-of-epoch checkpoint of a "
-            f"DDP/single-process run (--resume PATH), or start the next stage from this stage's export "
-            f"({path.parent.parent / 'best'}), which any number of processes can load.")
