@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from slurm_jobs import (assert_two_nodes, cancel, job_info, read_log, release_requeued,
+from slurm_jobs import (assert_two_nodes, ranks, cancel, job_info, read_log, release_requeued,
                         require_two_node_cluster, submit, wait_for)
 
 from conftest import write_tiny_config
@@ -85,7 +85,9 @@ def test_two_node_job_preempted_by_usr1_and_by_scheduler_ends_like_an_uninterrup
 
         # 1. USR1 to the batch shell only. The runner's summary line comes after every rank
         # installed its handlers and joined the process group.
-        wait_for("the runner to start", lambda i: "lpasrn: DistributedType" in read_log(log), job, log, 180)
+        # both ranks' layout lines: rank 1 may write its line after rank 0's "DistributedType" one
+        wait_for("the runner to start on both ranks", lambda i: "lpasrn: DistributedType" in read_log(log)
+                 and len(ranks(read_log(log))) == 2, job, log, 180)
         assert_two_nodes(read_log(log), "MULTI_CPU")
         subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
         release_requeued(job, log, restarts=1)
