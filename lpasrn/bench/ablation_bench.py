@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from lpasrn.eval.lr_control import GENERATOR_STAGES  # stages 1-4
+
 REPO = Path(__file__).resolve().parents[2]
-GENERATOR_STAGES = ("warmup", "lcofl", "finetune", "hard_mining")
 LCOFL_STAGES = ("lcofl", "finetune", "hard_mining")
 
 # name -> (overrides, whether stage 0 is shared with the baseline)
