@@ -142,6 +142,22 @@ class HardMiningConfig:
 
 
 @dataclass
+class StageLossWeights:
+    """Per-stage values of the `loss.lambda_*` weights; unset (null) keeps the global one. A stage
+    where the OCR trains may want its CTC on SR at full weight, while in a stage where only the
+    generator trains the same term is a small pull next to L1 (see configs/quickstart.yaml)."""
+
+    lambda_l1: float | None = field(default=None, metadata=_range(0.0))
+    lambda_cls: float | None = field(default=None, metadata=_range(0.0))
+    lambda_layout: float | None = field(default=None, metadata=_range(0.0))
+    lambda_ssim: float | None = field(default=None, metadata=_range(0.0))
+    lambda_lcofl: float | None = field(default=None, metadata=_range(0.0))
+    lambda_ctc_hr: float | None = field(default=None, metadata=_range(0.0))
+    lambda_ctc_sr: float | None = field(default=None, metadata=_range(0.0))
+    lambda_embed: float | None = field(default=None, metadata=_range(0.0))
+
+
+@dataclass
 class StageConfig:
     epochs: int = field(default=1, metadata=_range(1))
     lr: float = field(default=1e-4, metadata=_range(0.0))
@@ -166,6 +182,8 @@ class StageConfig:
     # Whether this stage's training batches get data.augment (when that is enabled). A short stage 0
     # may leave it off: a CTC OCR's first ~1,000 steps on clean HR are what lets it read at all.
     augment: bool = True
+    # this stage's loss weights where they differ from `loss:` (see stage_loss)
+    loss_weights: StageLossWeights = field(default_factory=StageLossWeights)
 
 
 def _stage(epochs, lr, components, freeze_ocr=True, update_confusion=False):
@@ -227,6 +245,12 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def stage_loss(cfg: Config, stage_name: str) -> LossConfig:
+    """The loss settings a stage trains with: `loss:` with the stage's `loss_weights` overrides."""
+    overrides = dataclasses.asdict(getattr(cfg.stages, stage_name).loss_weights)
+    return dataclasses.replace(cfg.loss, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _fail(source: str, key: str, message: str) -> typing.NoReturn:

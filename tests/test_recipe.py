@@ -128,3 +128,26 @@ def test_embedder_trains_only_where_an_embedding_loss_is_computed():
     assert trainable_parts(STAGES[4], True) == {"generator", "embedder"}
     assert trainable_parts(STAGES[4], True, embedding_on=False) == {"generator"}
     assert trainable_parts(STAGES[4], False, embedding_on=False) == {"generator", "ocr"}
+
+
+def test_stage_loss_weights_override_the_global_ones_in_that_stage_only():
+    from lpasrn.config import stage_loss
+
+    cfg = load_config(None, ["loss.lambda_ctc_sr=0.1", "stages.finetune.loss_weights.lambda_ctc_sr=1.0",
+                             "stages.hard_mining.loss_weights.lambda_l1=4"])
+    assert stage_loss(cfg, "finetune").lambda_ctc_sr == 1.0 and stage_loss(cfg, "lcofl").lambda_ctc_sr == 0.1
+    assert stage_loss(cfg, "hard_mining").lambda_l1 == 4.0 and stage_loss(cfg, "finetune").lambda_l1 == 1.0
+    assert StageObjective(["ctc_sr"], stage_loss(cfg, "finetune")).weight_of("ctc_sr") == 1.0
+    with pytest.raises(LpasrnError, match=r"stages.finetune.loss_weights.lambda_ctc_s'"):
+        load_config(None, ["stages.finetune.loss_weights.lambda_ctc_s=1.0"])  # misspelt: named
+    with pytest.raises(LpasrnError, match=r"stages.lcofl.loss_weights.lambda_l1.*below the minimum"):
+        load_config(None, ["stages.lcofl.loss_weights.lambda_l1=-1"])
+
+
+def test_a_stage_weight_of_zero_for_the_embedding_freezes_the_embedder():
+    from lpasrn.train.stages import STAGES, stage_trainable_parts
+
+    on = load_config(None, ["loss.lambda_embed=0.3"])
+    off = load_config(None, ["loss.lambda_embed=0.3", "stages.hard_mining.loss_weights.lambda_embed=0"])
+    assert stage_trainable_parts(on, STAGES[4]) == {"generator", "embedder"}
+    assert stage_trainable_parts(off, STAGES[4]) == {"generator"}

@@ -15,22 +15,22 @@ import torch
 
 from lpasrn.bench.host_syncs import WARMUP_STEPS, runner_for, step_syncs
 from lpasrn.bench.model_bench import matmul_flops_per_second, time_steps
-from lpasrn.config import load_config
+from lpasrn.config import load_config, stage_loss
 from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
 from lpasrn.models.flops import count_flops
 from lpasrn.train.objective import StageObjective, outputs_needed
 from lpasrn.train.pipeline import build_lpasrn
-from lpasrn.train.stages import STAGES, trainable_parts
+from lpasrn.train.stages import STAGES, stage_trainable_parts
 
 
 def _stage_step(cfg, spec, batch: dict):
     """A closure running one training step of `spec` exactly as the runner composes it."""
     stage_cfg = getattr(cfg.stages, spec.name)
     model = build_lpasrn(cfg)
-    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr))
+    model.set_trainable(stage_trainable_parts(cfg, spec))
     model.train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, fused=True)
-    objective = StageObjective(stage_cfg.loss_components, cfg.loss)
+    objective = StageObjective(stage_cfg.loss_components, stage_loss(cfg, spec.name))
     want = outputs_needed(stage_cfg.loss_components)
     if stage_cfg.update_confusion and spec.uses_generator:
         want |= {"sr", "ocr_sr"}

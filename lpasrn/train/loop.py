@@ -16,6 +16,7 @@ from lpasrn.data.augment import BatchAugment
 from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
+from lpasrn.config import stage_loss
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode, greedy_paths
 from lpasrn.train import checkpoint as ckpt
@@ -56,7 +57,8 @@ class StageRunner:
         self.stage_dir, self.config_text, self.preempt_file = stage_dir, config_text, preempt_file
         self.state = LoopState()
         embedder_trains = "embedder" in accelerator.unwrap_model(model).trainable_parts()
-        self.objective = StageObjective(self.stage_cfg.loss_components, cfg.loss, embedder_trains)
+        loss_cfg = stage_loss(cfg, spec.name)  # `loss:` with this stage's loss_weights
+        self.objective = StageObjective(self.stage_cfg.loss_components, loss_cfg, embedder_trains)
         want = outputs_needed(self.objective.components)  # without emb_* when the embedding is skipped
         if (self.stage_cfg.update_confusion or spec.sampler == "weighted") and spec.uses_generator:
             want |= {"sr", "ocr_sr"}  # readings feed the confusion matrix and the miner

@@ -17,6 +17,7 @@ from lpasrn.losses.embedding import contrastive_embedding_loss, lambda_embed_at,
 from lpasrn.losses.lcofl import LCOFL
 from lpasrn.losses.pixel import l1_loss
 from lpasrn.models.ocr_arch import PlateTargets, ctc_loss
+from lpasrn.train.stages import embedding_loss_on
 
 # What the model must produce for each component (see LPASRN.forward).
 COMPONENT_OUTPUTS = {
@@ -64,7 +65,7 @@ class StageObjective:
         # every trainable parameter in every step's graph or it fails at the next step; there the
         # term stays in, weighted 0 (zero gradients). To save that compute, freeze the embedder.
         """
-        return self.cfg.lambda_embed > 0 or embedder_trains
+        return embedding_loss_on(["embedding"], self.cfg) or embedder_trains
 
     def set_position(self, epoch: int, step: int, steps_per_epoch: int) -> None:
         """Called by the loop before each step (plain host arithmetic, no synchronisation)."""

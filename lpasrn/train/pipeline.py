@@ -19,7 +19,7 @@ from lpasrn.models.lpasrn_arch import LPASRN, build_model
 from lpasrn.train import checkpoint as ckpt
 from lpasrn.train.engine import resolve_mixed_precision
 from lpasrn.train.loop import StageRunner
-from lpasrn.train.stages import STAGES, StageSpec, trainable_parts
+from lpasrn.train.stages import STAGES, StageSpec, stage_trainable_parts
 
 log = logging.getLogger(__name__)
 DONE_MARKER = "DONE"
@@ -122,8 +122,7 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     model = build_lpasrn(cfg)
     if init_weights is not None:
         model.load_state_dict(ckpt.check_weights_match(model, init_weights))
-    embedding_on = "embedding" in stage_cfg.loss_components and cfg.loss.lambda_embed > 0
-    model.set_trainable(trainable_parts(spec, stage_cfg.freeze_ocr, embedding_on))
+    model.set_trainable(stage_trainable_parts(cfg, spec))
     # fp32 originals, taken before DeepSpeed may cast the parameters to 16 bits: exports read the
     # frozen parts from here (they never change); trainable ones come from the fp32 masters.
     frozen_fp32 = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lpasrn.config import stage_loss
 from lpasrn.errors import LpasrnError
 
 
@@ -52,6 +53,20 @@ def parse_stage_arg(text: str) -> list[StageSpec]:
     except ValueError:
         raise LpasrnError(f"--stage {text!r}: expected 0..{len(STAGES) - 1} or 'all'") from None
     return [stage_by_index(index)]
+
+
+def embedding_loss_on(loss_components, loss_cfg) -> bool:
+    """Whether a stage computes an embedding loss: the component is listed and its weight (the
+    stage's, see config.stage_loss) is above 0. The one place this is decided: it freezes the
+    embedder (trainable_parts) and so decides whether the embedder runs (StageObjective)."""
+    return "embedding" in loss_components and loss_cfg.lambda_embed > 0
+
+
+def stage_trainable_parts(cfg, spec: StageSpec) -> set[str]:
+    """trainable_parts of `spec` as `cfg` configures it (freeze_ocr, the stage's embedding weight)."""
+    stage_cfg = getattr(cfg.stages, spec.name)
+    return trainable_parts(spec, stage_cfg.freeze_ocr,
+                           embedding_loss_on(stage_cfg.loss_components, stage_loss(cfg, spec.name)))
 
 
 def trainable_parts(spec: StageSpec, freeze_ocr: bool, embedding_on: bool = True) -> set[str]:
