@@ -1,4 +1,5 @@
-"""Two-process launches of the real runner through the SHIPPED accelerate/DeepSpeed files.
+"""Multi-process test helpers: 2-process launches of the real runner through the SHIPPED
+accelerate/DeepSpeed files, and `spawn_gloo` for tests of distributed pieces in one gloo group.
 
 `launch_two(engine, ...)` runs `accelerate launch --config_file launch/accelerate/<engine>.yaml
 --num_processes 2 launch/run.py ...` and asserts that the runner really ran as that engine with 2
@@ -8,11 +9,15 @@ passing. On this CPU machine the only addition a user also needs is ACCELERATE_U
 """
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +51,20 @@ def launch_two(engine: str, config, *args: str, precision: str = "no", timeout: 
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         assert f"DistributedType.{expected} x2" in proc.stdout, proc.stdout[-3000:]
     return proc
+
+
+def _gloo_rank(rank: int, worker, init_file: str, world_size: int, timeout_s: int, args: tuple) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        worker(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(worker, tmp_path: Path, *args, world_size: int = 2, timeout_s: int = 120) -> None:
+    """Run `worker(rank, *args)` in `world_size` spawned processes joined in one gloo group (file
+    rendezvous under `tmp_path`, a collective that waits longer than `timeout_s` fails); raises when a
+    rank fails. `worker` must be a module-level function (it is pickled into the children)."""
+    mp.spawn(_gloo_rank, args=(worker, str(tmp_path / "gloo_init"), world_size, timeout_s, args),
+             nprocs=world_size, join=True)

@@ -1,14 +1,11 @@
 """Two gloo processes: the weighted sampler's epoch draw is identical on both ranks and equal to one
 process's draw, for more samples than torch.multinomial takes (2^24), whatever the other ranks'
 weights are (rank 0 draws and broadcasts)."""
-import datetime
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lpasrn.distributed.sampler import CurriculumSampler
+from launching import spawn_gloo
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 2**24 + 96  # torch.multinomial refuses more than 2^24 categories
@@ -24,26 +21,21 @@ def simulated_weights() -> torch.Tensor:
     return weights
 
 
-def _worker(rank_index, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank_index,
-                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=120))
-    try:
-        weights = simulated_weights()
-        if rank_index == 1:
-            # a rank whose float weights came out differently (another CPU's vectorised exp, or
-            # here simply other weights): it must still draw what rank 0 draws
-            weights = weights.flip(0).contiguous()
-        sampler = CurriculumSampler(lambda e: weights, NUM_SAMPLES, BATCH, rank_index, WORLD_SIZE, seed=9)
-        sampler.set_epoch(EPOCH)
-        torch.save(sampler.rank_slice(), f"{out_dir}/slice{rank_index}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank_index, out_dir):
+    weights = simulated_weights()
+    if rank_index == 1:
+        # a rank whose float weights came out differently (another CPU's vectorised exp, or
+        # here simply other weights): it must still draw what rank 0 draws
+        weights = weights.flip(0).contiguous()
+    sampler = CurriculumSampler(lambda e: weights, NUM_SAMPLES, BATCH, rank_index, WORLD_SIZE, seed=9)
+    sampler.set_epoch(EPOCH)
+    torch.save(sampler.rank_slice(), f"{out_dir}/slice{rank_index}.pt")
 
 
 @pytest.mark.distributed
 @pytest.mark.timeout(600)
 def test_two_ranks_draw_one_process_draw_beyond_two_to_the_24(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn_gloo(_worker, tmp_path, str(tmp_path), world_size=WORLD_SIZE, timeout_s=120)
     slices = [torch.load(tmp_path / f"slice{r}.pt") for r in range(WORLD_SIZE)]
     weights = simulated_weights()
     reference = CurriculumSampler(lambda e: weights, NUM_SAMPLES, BATCH, 0, WORLD_SIZE, seed=9).global_draw(EPOCH)

@@ -1,19 +1,18 @@
 """Two gloo processes: confusion counts, mining state and weights after sync are bitwise identical on
 both ranks and equal to one process fed all the samples (DESIGN.md section 6)."""
-import datetime
 import json
 import random
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lpasrn.distributed.confusion import CharacterConfusionTracker
 from lpasrn.distributed.miner import HardExampleMiner
 from lpasrn.distributed.sampler import CurriculumSampler
 from lpasrn.distributed.sync import all_reduce_sum_, is_distributed, rank, state_hash, world_size
 from lpasrn.metrics import RecognitionStats
+from launching import spawn_gloo
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 24
@@ -67,33 +66,28 @@ def run_pipeline(share_of):
     }
 
 
-def _worker(rank_index, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank_index,
-                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
-    try:
-        assert is_distributed() and world_size() == WORLD_SIZE and rank() == rank_index
-        floats = torch.tensor([0.5, 1.25], dtype=torch.float32) * (rank_index + 1)
-        assert all_reduce_sum_(floats).tolist() == [1.5, 3.75] and floats.dtype == torch.float32
-        flags = torch.tensor([True, rank_index == 0])
-        all_reduce_sum_(flags)
-        assert flags.tolist() == [True, True]
-        hashes = run_pipeline(lambda observations: rank_share(observations, rank_index))
-        sampler = CurriculumSampler(lambda e: torch.ones(NUM_SAMPLES, dtype=torch.float64), NUM_SAMPLES,
-                                    batch_size=4, rank=rank_index, world_size=WORLD_SIZE, seed=5)
-        sampler.set_epoch(1)
-        hashes["slice"] = list(sampler)
-        gathered = [None] * WORLD_SIZE
-        dist.all_gather_object(gathered, hashes)
-        with open(f"{out_dir}/rank{rank_index}.json", "w") as handle:
-            json.dump(gathered, handle)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank_index, out_dir):
+    assert is_distributed() and world_size() == WORLD_SIZE and rank() == rank_index
+    floats = torch.tensor([0.5, 1.25], dtype=torch.float32) * (rank_index + 1)
+    assert all_reduce_sum_(floats).tolist() == [1.5, 3.75] and floats.dtype == torch.float32
+    flags = torch.tensor([True, rank_index == 0])
+    all_reduce_sum_(flags)
+    assert flags.tolist() == [True, True]
+    hashes = run_pipeline(lambda observations: rank_share(observations, rank_index))
+    sampler = CurriculumSampler(lambda e: torch.ones(NUM_SAMPLES, dtype=torch.float64), NUM_SAMPLES,
+                                batch_size=4, rank=rank_index, world_size=WORLD_SIZE, seed=5)
+    sampler.set_epoch(1)
+    hashes["slice"] = list(sampler)
+    gathered = [None] * WORLD_SIZE
+    dist.all_gather_object(gathered, hashes)
+    with open(f"{out_dir}/rank{rank_index}.json", "w") as handle:
+        json.dump(gathered, handle)
 
 
 @pytest.mark.distributed
 @pytest.mark.timeout(180)
 def test_two_ranks_sync_to_the_single_process_state(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn_gloo(_worker, tmp_path, str(tmp_path), world_size=WORLD_SIZE, timeout_s=60)
     single = run_pipeline(lambda observations: observations)  # one process, every sample
     views = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     assert views[0] == views[1]  # both ranks gathered the same thing

@@ -2,7 +2,6 @@
 batches on each rank, and work balanced by sids, not shards (the split has one big and one small
 shard, so a shard-wise split would give one rank 30 plates and the other 7)."""
 import json
-import socket
 
 import pytest
 import torch.distributed as dist
@@ -11,44 +10,34 @@ import torch.multiprocessing as mp
 from lpasrn.bench.data_bench import write_random_dataset
 from lpasrn.data.readers import IndexedPlateDataset
 from lpasrn.train.lockstep import lockstep_loader
+from launching import spawn_gloo
 
 NUM_SAMPLES, SHARD_SIZE, BATCH, WORLD_SIZE = 37, 30, 4, 2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank_main(rank: int, port: int, data_dir: str, out_dir: str) -> None:
-    mp.set_start_method("fork", force=True)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        assert dist.get_world_size() == WORLD_SIZE and dist.get_rank() == rank
-        dataset = IndexedPlateDataset(data_dir, "val")
-        epochs = []
-        for _ in range(2):  # the same dataset object every epoch (one index per process)
-            real, batches = [], 0
-            for batch in lockstep_loader(dataset, BATCH, rank, WORLD_SIZE, num_workers=2):
-                batches += 1
-                real += [s for s, w in zip(batch["sid"].tolist(), batch["weight"].tolist()) if w > 0]
-            epochs.append({"real": real, "batches": batches})
-        gathered = [None] * WORLD_SIZE
-        dist.all_gather_object(gathered, epochs)
-        if rank == 0:
-            with open(f"{out_dir}/views.json", "w") as out:
-                json.dump(gathered, out)
-    finally:
-        dist.destroy_process_group()
+def _rank_main(rank: int, data_dir: str, out_dir: str) -> None:
+    mp.set_start_method("fork", force=True)  # for the DataLoader workers of lockstep_loader
+    assert dist.get_world_size() == WORLD_SIZE and dist.get_rank() == rank
+    dataset = IndexedPlateDataset(data_dir, "val")
+    epochs = []
+    for _ in range(2):  # the same dataset object every epoch (one index per process)
+        real, batches = [], 0
+        for batch in lockstep_loader(dataset, BATCH, rank, WORLD_SIZE, num_workers=2):
+            batches += 1
+            real += [s for s, w in zip(batch["sid"].tolist(), batch["weight"].tolist()) if w > 0]
+        epochs.append({"real": real, "batches": batches})
+    gathered = [None] * WORLD_SIZE
+    dist.all_gather_object(gathered, epochs)
+    if rank == 0:
+        with open(f"{out_dir}/views.json", "w") as out:
+            json.dump(gathered, out)
 
 
 @pytest.mark.distributed
 @pytest.mark.timeout(240)
 def test_validation_split_is_exact_once_balanced_and_lockstep(tmp_path):
     write_random_dataset(tmp_path / "ds", NUM_SAMPLES, seed=6, shard_size=SHARD_SIZE, split="val")
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "ds"), str(tmp_path)), nprocs=WORLD_SIZE,
-             join=True)
+    spawn_gloo(_rank_main, tmp_path, str(tmp_path / "ds"), str(tmp_path), world_size=WORLD_SIZE)
     views = json.loads((tmp_path / "views.json").read_text())
     for epoch in range(2):
         per_rank = [views[r][epoch] for r in range(WORLD_SIZE)]
