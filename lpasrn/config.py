@@ -182,6 +182,8 @@ class StageConfig:
     # Whether this stage's training batches get data.augment (when that is enabled). A short stage 0
     # may leave it off: a CTC OCR's first ~1,000 steps on clean HR are what lets it read at all.
     augment: bool = True
+    # The OCR's own lr where it trains in this stage (null: `lr`); the schedule scales both alike.
+    ocr_lr: float | None = field(default=None, metadata=_range(0.0))
     # this stage's loss weights where they differ from `loss:` (see stage_loss)
     loss_weights: StageLossWeights = field(default_factory=StageLossWeights)
 
@@ -321,11 +323,25 @@ def _build(cls, raw: dict, prefix: str, source: str):
     kwargs = {}
     for name, f in fields.items():
         if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], prefix + name, source)
+            value = raw[name]
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) \
+                    and f.default_factory is not dataclasses.MISSING:
+                # keys not given keep THIS field's default, not the class's: `stages.finetune:
+                # {epochs: 5}` must keep stage 3's freeze_ocr false and its loss components
+                value = _deep_merge(dataclasses.asdict(f.default_factory()), value)
+            kwargs[name] = _convert(value, hints[name], prefix + name, source)
             _check_range(kwargs[name], dict(f.metadata), prefix + name, source)
     obj = cls(**kwargs)
     _check_semantics(obj, prefix, source)
     return obj
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if both_maps else value
+    return merged
 
 
 def _check_semantics(obj, prefix: str, source: str) -> None:
@@ -340,6 +356,8 @@ def _check_semantics(obj, prefix: str, source: str) -> None:
               f"more than 2 apart and a margin of {obj.embed_margin} could never be met")
     if isinstance(obj, StagesConfig):
         for name in (f.name for f in dataclasses.fields(obj) if f.name != "pretrain"):
+            if getattr(obj, name).ocr_lr is not None and getattr(obj, name).freeze_ocr:
+                _fail(source, f"{prefix}{name}.ocr_lr", "the OCR is frozen in this stage (freeze_ocr: true)")
             if getattr(obj, name).ocr_degraded_views > 0:
                 _fail(source, f"{prefix}{name}.ocr_degraded_views",
                       "only stages.pretrain may degrade the OCR's input (elsewhere HR is the generator's target)")

@@ -43,7 +43,8 @@ stages:
   pretrain: {{epochs: 1, lr: 1.0e-3, loss_components: [ctc], freeze_ocr: false}}
   warmup: {{epochs: 1, lr: 1.0e-3, loss_components: [l1]}}
   lcofl: {{epochs: 1, lr: 1.0e-3, loss_components: [l1, lcofl, ctc_sr], update_confusion: true}}
-  finetune: {{epochs: 1, lr: 1.0e-4, loss_components: [l1, lcofl, ctc_hr], freeze_ocr: false, update_confusion: true}}
+  finetune: {{epochs: 1, lr: 1.0e-4, ocr_lr: 3.0e-4, loss_components: [l1, lcofl, ctc_hr], freeze_ocr: false,
+              update_confusion: true}}
   hard_mining: {{epochs: 2, lr: 1.0e-4, loss_components: [l1, lcofl, embedding], update_confusion: true,
                  warmup_fraction: 0.34}}
 train: {{log_every: 1, image_every: 2}}

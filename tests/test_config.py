@@ -25,6 +25,22 @@ def test_set_overrides_parse_yaml_values():
     assert load_config(None, ["tracking.wandb=off"]).tracking.wandb == "off"  # YAML 1.2: not a boolean
 
 
+def test_a_partly_given_stage_keeps_that_stage_defaults(tmp_path):
+    # keys not given come from the stage's own default (stage 3 trains the OCR with LCOFL), not from
+    # StageConfig's (frozen OCR, L1 only): `finetune: {epochs: 5}` must not freeze the OCR
+    from_set = load_config(None, ["stages.finetune.epochs=5", "stages.hard_mining.hard_mining.difficulty_alpha=3"])
+    path = tmp_path / "partial.yaml"
+    path.write_text("stages:\n  finetune: {epochs: 5}\n  hard_mining: {hard_mining: {difficulty_alpha: 3.0}}\n")
+    for cfg in (from_set, load_config(path)):
+        default = Config().stages
+        assert cfg.stages.finetune.epochs == 5 and cfg.stages.finetune.freeze_ocr is False
+        assert cfg.stages.finetune.loss_components == default.finetune.loss_components
+        assert cfg.stages.finetune.update_confusion and cfg.stages.finetune.lr == default.finetune.lr
+        assert cfg.stages.hard_mining.hard_mining.difficulty_alpha == 3.0
+        assert cfg.stages.hard_mining.loss_components == default.hard_mining.loss_components
+        assert cfg.stages.hard_mining.epochs == default.hard_mining.epochs
+
+
 def test_unknown_key_names_key_file_and_suggestion(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("stages:\n  lcofl:\n    epoch: 3\n")

@@ -151,3 +151,23 @@ def test_a_stage_weight_of_zero_for_the_embedding_freezes_the_embedder():
     off = load_config(None, ["loss.lambda_embed=0.3", "stages.hard_mining.loss_weights.lambda_embed=0"])
     assert stage_trainable_parts(on, STAGES[4]) == {"generator", "embedder"}
     assert stage_trainable_parts(off, STAGES[4]) == {"generator"}
+
+
+def test_the_ocr_gets_its_own_lr_and_the_schedule_scales_both_groups():
+    from lpasrn.train.schedule import param_groups
+
+    cfg = load_config(None, ["stages.finetune.lr=2e-4", "stages.finetune.ocr_lr=1e-3"])
+    model = build_model("tiny", "tiny", 16, True)
+    model.set_trainable({"generator", "ocr"})
+    groups = param_groups(model, cfg.stages.finetune)
+    ocr_ids = {id(p) for p in model.ocr.parameters()}
+    assert [g["lr"] for g in groups] == [2e-4, 1e-3]
+    assert all(id(p) not in ocr_ids for p in groups[0]["params"]) and groups[0]["params"]
+    assert {id(p) for p in groups[1]["params"]} == ocr_ids
+    optimizer = torch.optim.AdamW(groups, lr=2e-4)
+    assert apply_lr(optimizer, [g["lr"] for g in groups], 0.5) == pytest.approx(1e-4)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 5e-4])
+    # unset: one group at lr; a frozen OCR cannot have an lr of its own
+    assert len(param_groups(model, load_config(None, []).stages.finetune)) == 1
+    with pytest.raises(LpasrnError, match="stages.lcofl.ocr_lr"):
+        load_config(None, ["stages.lcofl.ocr_lr=1e-3"])

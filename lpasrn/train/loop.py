@@ -68,6 +68,7 @@ class StageRunner:
         self.total_steps = self.stage_cfg.epochs * self.train_batches.steps_per_epoch()
         self.init_dir = init_dir  # the previous stage's export (confusion counts to carry), or None
         self.lr = self.stage_cfg.lr
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # as built (schedule.param_groups)
         self.epoch = 0
         # training batches only; degraded OCR views only where HR has no other reader (stage 0)
         augment_cfg = cfg.data.augment if self.stage_cfg.augment else replace(cfg.data.augment, enabled=False)
@@ -205,7 +206,7 @@ class StageRunner:
         # by a stand-in with loss weight 0, so the forward/backward collectives still line up.
         empty = batch["hr"].shape[0] == 0
         # before the forward: under DeepSpeed accelerate's backward also takes the optimizer step
-        self.lr = apply_lr(self.optimizer, self.stage_cfg.lr,
+        self.lr = apply_lr(self.optimizer, self.base_lrs,
                            lr_factor(self.state.global_step, self.total_steps, self.stage_cfg.lr_schedule,
                                      self.stage_cfg.warmup_fraction, self.stage_cfg.min_lr_ratio))
         source = self.stand_in if empty else batch

@@ -19,6 +19,7 @@ from lpasrn.models.lpasrn_arch import LPASRN, build_model
 from lpasrn.train import checkpoint as ckpt
 from lpasrn.train.engine import resolve_mixed_precision
 from lpasrn.train.loop import StageRunner
+from lpasrn.train.schedule import param_groups
 from lpasrn.train.stages import STAGES, StageSpec, stage_trainable_parts
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,8 @@ def run_stage(spec: StageSpec, cfg: Config, accelerator, init_weights: Path | No
     # frozen parts from here (they never change); trainable ones come from the fp32 masters.
     frozen_fp32 = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
     # fused: one kernel for all parameters instead of several small ops per tensor (CPU and CUDA)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, weight_decay=cfg.train.weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(param_groups(model, stage_cfg), lr=stage_cfg.lr,
+                                  weight_decay=cfg.train.weight_decay, fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
     runner = StageRunner(spec, cfg, accelerator, model, optimizer, sdir, config_text, preempt_file, frozen_fp32,
                          init_weights.parent if init_weights is not None else None)

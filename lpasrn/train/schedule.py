@@ -34,10 +34,28 @@ def lr_factor(step: int, total_steps: int, schedule: str = "cosine", warmup_frac
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def apply_lr(optimizer, base_lr: float, factor: float) -> float:
-    """Set every parameter group's lr (the optimizer Accelerate/DeepSpeed handed back exposes its
-    inner optimizer's groups, which is what the step reads). Returns the lr set."""
-    lr = base_lr * factor
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+def apply_lr(optimizer, base_lr: float | list[float], factor: float) -> float:
+    """Set each parameter group's lr to its base lr x `factor`: one base for every group, or one per
+    group in the optimizer's order (`param_groups`). The optimizer Accelerate/DeepSpeed hands back
+    exposes its inner optimizer's groups, in the order they were built, which is what the step
+    reads. Returns the first group's lr (the one logged as `<stage>/lr`)."""
+    groups = optimizer.param_groups
+    bases = list(base_lr) if isinstance(base_lr, (list, tuple)) else [base_lr] * len(groups)
+    if len(bases) != len(groups):
+        raise ValueError(f"{len(bases)} base lrs for {len(groups)} parameter groups")
+    for group, base in zip(groups, bases):
+        group["lr"] = base * factor
+    return bases[0] * factor
+
+
+def param_groups(model, stage_cfg) -> list[dict]:
+    """The optimizer's parameter groups for a stage: every trainable parameter at `lr`, except the
+    OCR's at `ocr_lr` when that is set (a stage that trains the generator and the OCR together may
+    want the OCR to adapt faster than the generator moves). Empty groups are left out; the order
+    is fixed (the rest, then the OCR), and `apply_lr` relies on it."""
+    trainable = model.trainable_parameters()
+    ocr_ids = {id(p) for p in model.ocr.parameters()} if stage_cfg.ocr_lr is not None else set()
+    rest = [p for p in trainable if id(p) not in ocr_ids]
+    ocr = [p for p in trainable if id(p) in ocr_ids]
+    groups = [{"params": rest, "lr": stage_cfg.lr}, {"params": ocr, "lr": stage_cfg.ocr_lr}]
+    return [group for group in groups if group["params"]]
