@@ -34,6 +34,9 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
     "LCOFL constants of before (position mean, 1 - SSIM)": ([
         "loss.layout_reduction=position_mean", "loss.ssim_loss_scale=1.0"], True),
     "no augmentation in stages 1-4": ([f"stages.{s}.augment=false" for s in GENERATOR_STAGES], True),
+    "L1 at the global weight (1) in stages 2-4": (
+        [f"stages.{s}.loss_weights.lambda_l1=null" for s in LCOFL_STAGES], True),
+    "stage-3 OCR at the stage lr (no ocr_lr)": (["stages.finetune.ocr_lr=null"], True),
     # the other way round: stage 0 made harder (the quickstart's stage 0 reads clean HR)
     "stage-0 OCR on augmented + 50% degraded views": ([
         "stages.pretrain.augment=true", "stages.pretrain.ocr_degraded_views=0.5"], False),
