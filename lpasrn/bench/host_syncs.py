@@ -58,13 +58,14 @@ def runner_for(cfg, spec, accelerator, workdir: Path):
     """A StageRunner of `spec` on a freshly built model (weights do not change what syncs)."""
     from lpasrn.train.loop import StageRunner
     from lpasrn.train.pipeline import build_lpasrn
+    from lpasrn.train.schedule import param_groups
     from lpasrn.train.stages import stage_trainable_parts
 
     stage_cfg = getattr(cfg.stages, spec.name)
     model = build_lpasrn(cfg)
     model.set_trainable(stage_trainable_parts(cfg, spec))
     frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, fused=True)
+    optimizer = torch.optim.AdamW(param_groups(model, stage_cfg), lr=stage_cfg.lr, fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
     return StageRunner(spec, cfg, accelerator, model, optimizer, workdir / spec.prefix, "", None, frozen)
 

@@ -20,6 +20,7 @@ from lpasrn.data.readers import IndexedPlateDataset, StreamReader, collate
 from lpasrn.models.flops import count_flops
 from lpasrn.train.objective import StageObjective, outputs_needed
 from lpasrn.train.pipeline import build_lpasrn
+from lpasrn.train.schedule import param_groups
 from lpasrn.train.stages import STAGES, stage_trainable_parts
 
 
@@ -29,7 +30,7 @@ def _stage_step(cfg, spec, batch: dict):
     model = build_lpasrn(cfg)
     model.set_trainable(stage_trainable_parts(cfg, spec))
     model.train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=stage_cfg.lr, fused=True)
+    optimizer = torch.optim.AdamW(param_groups(model, stage_cfg), lr=stage_cfg.lr, fused=True)
     objective = StageObjective(stage_cfg.loss_components, stage_loss(cfg, spec.name))
     want = outputs_needed(stage_cfg.loss_components)
     if stage_cfg.update_confusion and spec.uses_generator:

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lpasrn.config import stage_loss
 from lpasrn.data.augment import BatchAugment
 from lpasrn.data.readers import IndexedPlateDataset, ReadErrors
 from lpasrn.distributed.preemption import clear_preemption_request, preemption_requested
 from lpasrn.distributed.sync import state_hash
-from lpasrn.config import stage_loss
 from lpasrn.errors import LpasrnError
 from lpasrn.models.ocr_arch import greedy_decode, greedy_paths
 from lpasrn.train import checkpoint as ckpt
