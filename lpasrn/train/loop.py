@@ -67,8 +67,8 @@ class StageRunner:
         self.train_batches = TrainBatches(cfg, spec, self.stage_cfg, accelerator, self.stats)
         self.total_steps = self.stage_cfg.epochs * self.train_batches.steps_per_epoch()
         self.init_dir = init_dir  # the previous stage's export (confusion counts to carry), or None
-        self.lr = self.stage_cfg.lr
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # as built (schedule.param_groups)
+        self.lr = self.base_lrs[0]  # the logged lr: the first group's, as apply_lr returns it
         self.epoch = 0
         # training batches only; degraded OCR views only where HR has no other reader (stage 0)
         augment_cfg = cfg.data.augment if self.stage_cfg.augment else replace(cfg.data.augment, enabled=False)
